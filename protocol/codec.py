@@ -1,0 +1,293 @@
+"""The body codec: Gson-compatible JSON, gzip above a threshold, bounded decompression.
+
+A body is a JSON array of single-key objects, ``[{"<java class>": {fields}}, ...]``.
+Output follows Gson: Java field names verbatim, subclass fields before superclass fields,
+nulls omitted, HTML-safe escapes. Input is tolerant of field order and unknown fields,
+and strict about types: a wrong type raises :class:`BodyError` naming the field.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import types
+import typing
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, TypeVar, Union
+
+import attrs
+
+from protocol.errors import BodyError
+from protocol.messages import registry
+from protocol.model import ALIASES, JSON_NAME, Message, UnknownMessage
+
+GZIP_THRESHOLD: Final = 8192
+DEFAULT_MAX_BODY: Final = 16 * 1024 * 1024
+
+_JAVA_LONG: Final = (-(2**63), 2**63 - 1)
+_T = TypeVar("_T")
+
+# Gson's HTML-safe writer escapes these; U+2028/9 always. Lone surrogates cannot be
+# encoded as UTF-8, so they are written as escapes too (JSON allows it, Java reads it).
+_ESCAPES: Final[dict[int, str]] = {
+    ord("<"): "\\u003c",
+    ord(">"): "\\u003e",
+    ord("&"): "\\u0026",
+    ord("="): "\\u003d",
+    ord("'"): "\\u0027",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+    **{cp: f"\\u{cp:04x}" for cp in range(0xD800, 0xE000)},
+}
+
+
+# --- encoding -------------------------------------------------------------------------
+
+
+def gson_dumps(value: Any) -> str:
+    """JSON text as Gson writes it (compact, HTML-safe)."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise BodyError(f"value cannot be encoded as JSON: {exc}") from None
+    # Safe on the whole text: these characters can only occur inside JSON strings.
+    return text.translate(_ESCAPES)
+
+
+_WIRE_FIELDS: dict[type, tuple[tuple[str, str], ...]] = {}
+_DECODERS: dict[type, tuple[tuple[str, tuple[str, ...], Any], ...]] = {}
+
+
+def _wire_fields(cls: type) -> tuple[tuple[str, str], ...]:
+    """(attribute, json name) pairs in Gson order: each class's own fields, subclass first."""
+    cached = _WIRE_FIELDS.get(cls)
+    if cached is not None:
+        return cached
+    order: list[tuple[str, str]] = []
+    for klass in cls.__mro__:
+        if not attrs.has(klass):
+            continue
+        for f in attrs.fields(klass):
+            if f.inherited or JSON_NAME not in f.metadata:
+                continue
+            order.append((f.name, f.metadata[JSON_NAME]))
+    _WIRE_FIELDS[cls] = tuple(order)
+    return _WIRE_FIELDS[cls]
+
+
+def to_json(value: Any) -> Any:
+    """Python value -> JSON-ready structure (attrs classes become objects, enums names)."""
+    if isinstance(value, UnknownMessage):
+        return dict(value.fields)
+    if attrs.has(type(value)):
+        out: dict[str, Any] = {}
+        for attr_name, json_name in _wire_fields(type(value)):
+            item = getattr(value, attr_name)
+            if item is not None:
+                out[json_name] = to_json(item)
+        return out
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        return {str(k): to_json(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    return value
+
+
+def encode_messages(messages: Sequence[Message]) -> bytes:
+    """The uncompressed UTF-8 body for ``messages``."""
+    if not messages:
+        raise BodyError("a body must hold at least one message")
+    array = [{m.java_class: to_json(m)} for m in messages]
+    return gson_dumps(array).encode("utf-8")
+
+
+def encode_body(messages: Sequence[Message]) -> tuple[bytes, int, bool]:
+    """(wire bytes, uncompressed length, compressed?) for ``messages``."""
+    raw = encode_messages(messages)
+    if len(raw) >= GZIP_THRESHOLD:
+        # mtime=0 keeps the output reproducible; the Java reader ignores the gzip header.
+        co = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        return co.compress(raw) + co.flush(), len(raw), True
+    return raw, len(raw), False
+
+
+# --- decoding -------------------------------------------------------------------------
+
+
+def inflate(data: bytes, length: int, max_size: int = DEFAULT_MAX_BODY) -> bytes:
+    """Gunzip ``data``, which must inflate to exactly ``length`` bytes; never more."""
+    if length < 0:
+        raise BodyError(f"negative body length {length}")
+    if length > max_size:
+        raise BodyError(f"declared body length {length} exceeds the maximum {max_size}")
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        # One byte of slack tells "exactly length" from "more than length".
+        out = d.decompress(data, length + 1)
+    except zlib.error as exc:
+        raise BodyError(f"corrupt gzip body: {exc}") from None
+    if len(out) > length:
+        raise BodyError(f"gzip body inflates past its declared length {length}")
+    if not d.eof:
+        raise BodyError("truncated gzip body")
+    if d.unused_data:
+        raise BodyError(f"{len(d.unused_data)} bytes of trailing data after the gzip body")
+    if len(out) != length:
+        raise BodyError(f"gzip body inflates to {len(out)} bytes, header says {length}")
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text:.40} is out of range")
+    return value
+
+
+def decode_body(
+    data: bytes,
+    *,
+    length: int,
+    compressed: bool,
+    max_size: int = DEFAULT_MAX_BODY,
+) -> list[Message]:
+    """Wire bytes of a body -> messages. Raises :class:`BodyError` on any malformed input."""
+    if compressed:
+        raw = inflate(data, length, max_size)
+    else:
+        if len(data) != length:
+            raise BodyError(f"body is {len(data)} bytes, header says {length}")
+        if length > max_size:
+            raise BodyError(f"body length {length} exceeds the maximum {max_size}")
+        raw = data
+    try:
+        text = raw.decode("utf-8")
+        array = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except UnicodeDecodeError as exc:
+        raise BodyError(f"body is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    except RecursionError:
+        raise BodyError("body JSON is nested too deeply") from None
+    except ValueError as exc:
+        raise BodyError(f"body is not valid JSON: {exc}") from None
+    return decode_array(array)
+
+
+def decode_array(array: Any) -> list[Message]:
+    if not isinstance(array, list):
+        raise BodyError(f"body must be a JSON array, got {_kind(array)}")
+    if not array:
+        raise BodyError("body array is empty")
+    messages: list[Message] = []
+    for index, item in enumerate(array):
+        if not isinstance(item, dict) or len(item) != 1:
+            raise BodyError(f"body item {index} is not an object with exactly one class name")
+        ((name, fields),) = item.items()
+        if not isinstance(fields, dict):
+            raise BodyError(f"body item {index} ({name}): fields must be an object")
+        cls = registry().get(name)
+        if cls is None:
+            messages.append(UnknownMessage(name=name, fields=fields))
+        else:
+            messages.append(from_json(cls, fields, name))
+    return messages
+
+
+def _decoders(cls: type) -> tuple[tuple[str, tuple[str, ...], Any], ...]:
+    cached = _DECODERS.get(cls)
+    if cached is None:
+        hints = typing.get_type_hints(cls)
+        cached = _DECODERS[cls] = tuple(
+            (f.name, (f.metadata[JSON_NAME], *f.metadata.get(ALIASES, ())), hints[f.name])
+            for f in attrs.fields(cls)
+            if JSON_NAME in f.metadata
+        )
+    return cached
+
+
+def from_json(cls: type[_T], obj: Mapping[str, Any], where: str) -> _T:
+    """Build ``cls`` from a JSON object: unknown fields ignored, null or absent = default."""
+    kwargs: dict[str, Any] = {}
+    for attr_name, json_names, tp in _decoders(cls):
+        for json_name in json_names:
+            value = obj.get(json_name)
+            if value is not None:
+                kwargs[attr_name] = _convert(value, tp, f"{where}.{json_name}")
+                break
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:  # attrs validators
+        raise BodyError(f"{where}: {exc}") from None
+
+
+def _kind(value: Any) -> str:
+    return {
+        dict: "object",
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        int: "number",
+        float: "number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any or value is None:  # null inside a map or list stays null
+        return value
+    if origin in (Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _convert(value, option, where)
+            except BodyError as exc:
+                errors.append(str(exc))
+        raise BodyError(errors[0] if len(errors) == 1 else f"{where}: no type matches")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise BodyError(f"{where}: expected boolean, got {_kind(value)}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not _JAVA_LONG[0] <= value <= _JAVA_LONG[1]:
+                raise BodyError(f"{where}: integer out of the 64-bit range")
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return _convert(int(value), int, where)  # Gson may write 5.0 for a long
+        raise BodyError(f"{where}: expected integer, got {_kind(value)}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise BodyError(f"{where}: expected number, got {_kind(value)}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise BodyError(f"{where}: expected string, got {_kind(value)}")
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            raise BodyError(f"{where}: {value!r:.40} is not a valid {tp.__name__}") from None
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise BodyError(f"{where}: expected object, got {_kind(value)}")
+        _, vt = typing.get_args(tp)
+        return {k: _convert(v, vt, f"{where}[{k!r:.40}]") for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise BodyError(f"{where}: expected array, got {_kind(value)}")
+        (it,) = typing.get_args(tp)
+        return [_convert(v, it, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(tp, type) and attrs.has(tp):
+        if not isinstance(value, dict):
+            raise BodyError(f"{where}: expected object, got {_kind(value)}")
+        return from_json(tp, value, where)
+    raise TypeError(f"no JSON conversion for {tp!r} at {where}")  # a bug in a message class

@@ -1,0 +1,77 @@
+"""A Link and a Session joined: transport bytes in, session events out.
+
+This is what both the agent and the lab management server drive over a TCP stream.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Sequence
+
+from protocol.errors import ProtocolError
+from protocol.link import DEFAULT_MAX_MESSAGE, HandshakeComplete, Link, LinkClosed
+from protocol.model import Message
+from protocol.session import Request, Response, Session
+
+ConnectionEvent = HandshakeComplete | Request | Response | LinkClosed
+
+
+class Connection:
+    """Feed ``receive_data``; call ``next_event`` until None; send ``data_to_send``.
+
+    A :class:`~protocol.errors.LinkError` from ``next_event`` is final. Any other
+    :class:`~protocol.errors.ProtocolError` concerns one message; the next call carries on.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool,
+        server_hostname: str | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE,
+    ) -> None:
+        self.session = session
+        self.link = Link(
+            context,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            max_message_size=max_message_size,
+        )
+
+    def initiate(self) -> bytes:
+        return self.link.initiate()
+
+    def receive_data(self, data: bytes) -> None:
+        self.link.receive_data(data)
+
+    def data_to_send(self) -> bytes:
+        return self.link.data_to_send()
+
+    def next_event(self) -> ConnectionEvent | None:
+        event = self.link.next_event()
+        if event is None or isinstance(event, HandshakeComplete | LinkClosed):
+            return event
+        return self.session.receive_message(event.data)
+
+    def send_request(
+        self,
+        commands: Sequence[Message],
+        *,
+        stop_on_error: bool = False,
+        expect_response: bool = True,
+    ) -> tuple[Request, bytes]:
+        request, plaintext = self.session.send_request(
+            commands, stop_on_error=stop_on_error, expect_response=expect_response
+        )
+        return request, self.link.send_message(plaintext)
+
+    def send_response(self, request: Request, answers: Sequence[Message]) -> bytes:
+        return self.link.send_message(self.session.send_response(request, answers))
+
+    def close(self) -> bytes:
+        return self.link.close()
+
+
+__all__ = ["Connection", "ConnectionEvent", "ProtocolError"]
