@@ -1,0 +1,243 @@
+"""agent.properties: parsed with javaproperties, validated key by key.
+
+Every invalid value stops the agent at start with a message naming the key. Command-line
+``key=value`` pairs override the file.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import javaproperties
+from attrs import frozen
+
+DEFAULT_CONFIG = Path("/etc/cloudstack/agent/agent.properties")
+
+
+class ConfigError(Exception):
+    """agent.properties (or an override) is missing a key or holds an invalid value."""
+
+
+class LbAlgorithm(enum.Enum):
+    ROUND_ROBIN = "roundrobin"
+    SHUFFLE = "shuffle"
+    STATIC = "static"
+
+
+def parse_host_list(value: str) -> tuple[tuple[str, ...], LbAlgorithm]:
+    """``ip1,ip2@shuffle`` -> (("ip1", "ip2"), SHUFFLE). The first host is the preferred one."""
+    hosts_part, _, algo = value.partition("@")
+    hosts = tuple(h.strip() for h in hosts_part.split(",") if h.strip())
+    if not hosts:
+        raise ConfigError("invalid value for 'host': no management server address")
+    try:
+        algorithm = LbAlgorithm(algo.strip().lower()) if algo.strip() else LbAlgorithm.ROUND_ROBIN
+    except ValueError:
+        raise ConfigError(
+            f"invalid value for 'host': unknown algorithm '@{algo}' "
+            "(expected @roundrobin, @shuffle or @static)"
+        ) from None
+    return hosts, algorithm
+
+
+def _int(key: str, low: int | None = None, high: int | None = None) -> Any:
+    def convert(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ConfigError(f"invalid value for '{key}': {raw!r} is not an integer") from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"{low if low is not None else '-inf'}..{high if high is not None else 'inf'}"
+            raise ConfigError(f"invalid value for '{key}': {value} is outside {bounds}")
+        return value
+
+    return convert
+
+
+def _float(key: str, low: float = 0.0) -> Any:
+    def convert(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ConfigError(f"invalid value for '{key}': {raw!r} is not a number") from None
+        if value < low or value != value:
+            raise ConfigError(f"invalid value for '{key}': {value} is below {low}")
+        return value
+
+    return convert
+
+
+def _bool(key: str) -> Any:
+    def convert(raw: str) -> bool:
+        value = raw.strip().lower()
+        if value in ("true", "yes", "1", "on"):
+            return True
+        if value in ("false", "no", "0", "off", ""):
+            return False
+        raise ConfigError(f"invalid value for '{key}': {raw!r} is not true or false")
+
+    return convert
+
+
+def _str(_key: str) -> Any:
+    return lambda raw: raw.strip()
+
+
+# key -> (attribute, converter factory, default as written in agent.properties or None)
+_KEYS: dict[str, tuple[str, Any, str | None]] = {
+    "guid": ("guid", _str, None),
+    "host": ("host", _str, "localhost"),
+    "port": ("port", lambda k: _int(k, 1, 65535), "8250"),
+    "zone": ("zone", _str, "default"),
+    "pod": ("pod", _str, "default"),
+    "cluster": ("cluster", _str, "default"),
+    "workers": ("workers", lambda k: _int(k, 1, 1000), "5"),
+    "ping.retries": ("ping_retries", lambda k: _int(k, 1, 1000), "5"),
+    "backoff.seconds": ("backoff_seconds", _float, "5"),
+    "host.lb.check.interval": ("lb_check_interval", _float, "0"),
+    "connect.timeout": ("connect_timeout", _float, "10"),
+    "handshake.timeout": ("handshake_timeout", _float, "30"),
+    "startup.timeout": ("startup_timeout", _float, "30"),
+    "shutdown.grace.seconds": ("shutdown_grace", _float, "30"),
+    "hypervisor.type": ("hypervisor_type", _str, "kvm"),
+    "hypervisor.uri": ("hypervisor_uri", _str, "qemu:///system"),
+    "private.network.device": ("private_network_device", _str, ""),
+    "cert.dir": ("cert_dir", _str, ""),
+    "state.dir": ("state_dir", _str, "/var/lib/cloudstack/agent"),
+    "ssl.bootstrap.insecure": ("bootstrap_insecure", _bool, "false"),
+    "ssl.verify.hostname": ("verify_hostname", _bool, "false"),
+    "log.level": ("log_level", _str, "info"),
+    "vm.migrate.speed": ("migrate_speed", lambda k: _int(k, -1), "-1"),
+    "vm.migrate.downtime": ("migrate_downtime", lambda k: _int(k, -1), "-1"),
+    "vm.migrate.pauseafter": ("migrate_pause_after", lambda k: _int(k, -1), "-1"),
+    "vm.migrate.wait": ("migrate_wait", lambda k: _int(k, -1), "-1"),
+    "migration.native.tls": ("migration_native_tls", _bool, "true"),
+    "migration.max.outgoing": ("max_outgoing_migrations", lambda k: _int(k, 1), "2"),
+    "migration.max.incoming": ("max_incoming_migrations", lambda k: _int(k, 1), "2"),
+    "libvirtd.tls.enabled": ("libvirtd_tls_enabled", _bool, "false"),
+    "cert.expiry.warn.days": ("cert_expiry_warn_days", lambda k: _int(k, 0), "30"),
+    "keystore.passphrase": ("keystore_passphrase", _str, ""),
+}
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@frozen
+class AgentConfig:
+    """The validated configuration. ``path`` is where it was read from (for SIGHUP)."""
+
+    path: Path | None
+    guid: str
+    host: str
+    ms_hosts: tuple[str, ...]
+    lb_algorithm: LbAlgorithm
+    port: int
+    zone: str
+    pod: str
+    cluster: str
+    workers: int
+    ping_retries: int
+    backoff_seconds: float
+    lb_check_interval: float
+    connect_timeout: float
+    handshake_timeout: float
+    startup_timeout: float
+    shutdown_grace: float
+    hypervisor_type: str
+    hypervisor_uri: str
+    private_network_device: str
+    cert_dir: Path
+    state_dir: Path
+    bootstrap_insecure: bool
+    verify_hostname: bool
+    log_level: str
+    migrate_speed: int
+    migrate_downtime: int
+    migrate_pause_after: int
+    migrate_wait: int
+    migration_native_tls: bool
+    max_outgoing_migrations: int
+    max_incoming_migrations: int
+    libvirtd_tls_enabled: bool
+    cert_expiry_warn_days: int
+    keystore_passphrase: str = attrs.field(repr=False)
+    extra: Mapping[str, str] = attrs.field(factory=dict, repr=False)  # keys we do not read
+
+    @classmethod
+    def from_properties(cls, props: Mapping[str, str], *, path: Path | None = None) -> AgentConfig:
+        values: dict[str, Any] = {}
+        for key, (attr, factory, default) in _KEYS.items():
+            raw = props.get(key, default)
+            if raw is None or (key == "guid" and not raw.strip()):
+                raise ConfigError(f"missing required key '{key}' in agent.properties")
+            values[attr] = factory(key)(raw)
+        if values["log_level"].lower() not in _LOG_LEVELS:
+            raise ConfigError(
+                f"invalid value for 'log.level': {values['log_level']!r} "
+                f"(expected one of {', '.join(_LOG_LEVELS)})"
+            )
+        values["log_level"] = values["log_level"].lower()
+        values["ms_hosts"], values["lb_algorithm"] = parse_host_list(values["host"])
+        default_cert_dir = path.parent if path is not None else Path.cwd()
+        values["cert_dir"] = Path(values["cert_dir"]) if values["cert_dir"] else default_cert_dir
+        values["state_dir"] = Path(values["state_dir"])
+        extra = {k: v for k, v in props.items() if k not in _KEYS}
+        return cls(path=path, extra=extra, **values)
+
+    @classmethod
+    def load(cls, path: Path, overrides: Sequence[str] = ()) -> AgentConfig:
+        return cls.from_properties(read_properties(path, overrides), path=path)
+
+    def reload(self) -> AgentConfig:
+        """Re-read the same file; command-line overrides are not re-applied."""
+        if self.path is None:
+            return self
+        return AgentConfig.load(self.path)
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"invalid override {pair.split('=')[0]!r}: expected key=value")
+        out[key.strip()] = value
+    return out
+
+
+def read_properties(path: Path, overrides: Sequence[str] = ()) -> dict[str, str]:
+    try:
+        with path.open(encoding="latin-1") as fh:  # Java properties files are ISO 8859-1
+            props: dict[str, str] = dict(javaproperties.load(fh))
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not a valid properties file: {exc}") from None
+    props.update(parse_overrides(overrides))
+    return props
+
+
+def set_property(path: Path, key: str, value: str) -> None:
+    """Set one key in a properties file, keeping comments and the other lines."""
+    from agent.fsutil import atomic_write
+
+    lines = path.read_text(encoding="latin-1").splitlines() if path.exists() else []
+    out, found = [], False
+    for line in lines:
+        stripped = line.lstrip()
+        if stripped and stripped[0] not in "#!":
+            k = next(iter(javaproperties.loads(line) or {"": ""}))
+            if k == key:
+                if not found:
+                    out.append(javaproperties.join_key_value(key, value))
+                found = True
+                continue
+        out.append(line)
+    if not found:
+        out.append(javaproperties.join_key_value(key, value))
+    atomic_write(path, ("\n".join(out) + "\n").encode("latin-1"), mode=0o644)

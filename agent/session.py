@@ -1,0 +1,382 @@
+"""One registered session with one management server, from StartupRoutingCommand to its end.
+
+The session owns three things: the reader (MessageStream.run), the ping loop, and the
+dispatch of MS requests into the agent-wide task queue. It ends with a SessionOutcome that
+tells the supervisor what to do next; it never raises for a lost connection.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+import structlog
+import trio
+from attrs import frozen
+
+from agent import __version__
+from agent.commands import AgentControl, CommandContext, HandlerRegistry
+from agent.hypervisor import HostFacts, HypervisorError
+from agent.tasks import QueueClosed, QueueFull
+from agent.transport import ConnectionLost, MessageStream, RequestTimeout
+from protocol import Request
+from protocol.messages import (
+    Answer,
+    HostVmStateReportEntry,
+    PingAnswer,
+    PingRoutingCommand,
+    PowerState,
+    ReadyCommand,
+    ShutdownCommand,
+    StartupAnswer,
+    StartupRoutingCommand,
+    UnsupportedAnswer,
+)
+from protocol.model import Message
+
+STOPPED_BY_PREVIOUS_FAILURE = "Stopped by previous failure"
+
+
+class OutcomeKind(enum.Enum):
+    LOST = "lost"  # connection lost or MS silent: try the next MS at once
+    REFUSED = "refused"  # startup or ready refused: retry this MS later
+    MOVE = "move"  # the MS told us to go elsewhere: reconnect at once
+    STOP = "stop"  # shutdown (signal or MS): do not reconnect
+
+
+@frozen
+class SessionOutcome:
+    kind: OutcomeKind
+    reason: str
+
+
+class AgentServices(AgentControl, Protocol):
+    handlers: HandlerRegistry
+
+    def secured(self) -> bool: ...
+
+    def set_backoff(self, seconds: float) -> None: ...
+
+
+class AgentSession:
+    def __init__(self, stream: MessageStream, agent: AgentServices, host: str) -> None:
+        self.stream = stream
+        self.agent = agent
+        self.host = host
+        self.log = structlog.get_logger("agent.session").bind(ms=stream.peer)
+        self.ping_interval = 60.0
+        self.registered = trio.Event()  # StartupAnswer received
+        self.is_ready = trio.Event()  # ReadyCommand accepted
+        self._outcome: SessionOutcome | None = None
+        self._pending_end: SessionOutcome | None = None
+        self._scope = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None
+        self._ping_now = trio.Event()
+        self._last_vm_report: dict[str, HostVmStateReportEntry] = {}
+        self._last_facts: HostFacts | None = None
+        self._startup_lock = trio.Lock()
+
+    # --- life -----------------------------------------------------------------------
+
+    async def run(self) -> SessionOutcome:
+        with self._scope:
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._guard, self._read)
+                    nursery.start_soon(self._guard, self._register_then_ping)
+            finally:
+                self._nursery = None
+        if self._outcome is None:  # cancelled from outside: the agent is stopping
+            self._outcome = SessionOutcome(OutcomeKind.STOP, "agent stopping")
+        with trio.CancelScope(shield=True):
+            await self.stream.aclose()
+        self.log.info(
+            "session ended", outcome=self._outcome.kind.value, reason=self._outcome.reason
+        )
+        return self._outcome
+
+    def finish(self, kind: OutcomeKind, reason: str) -> None:
+        if self._outcome is None:
+            self._outcome = SessionOutcome(kind, reason)
+        self._scope.cancel()
+
+    # SessionControl, for handlers
+    def ready(self, command: ReadyCommand) -> None:
+        if command.host_id is not None:
+            self.stream.session.agent_id = command.host_id
+        self.agent.state.update(
+            host_id=command.host_id,
+            host_uuid=command.host_uuid,
+            host_name=command.host_name,
+        )
+        if command.ms_host_list:
+            algorithm = None
+            if command.lb_algorithm:
+                from agent.config import LbAlgorithm
+
+                try:
+                    algorithm = LbAlgorithm(command.lb_algorithm.lower())
+                except ValueError:
+                    algorithm = None
+            interval = command.lb_check_interval
+            self.agent.set_ms_hosts(
+                command.ms_host_list, algorithm, float(interval) if interval is not None else None
+            )
+        self.log.info("host ready", host_id=command.host_id, host_uuid=command.host_uuid)
+        self.is_ready.set()
+
+    def end(self, reason: str, *, retry_same_host_later: bool) -> None:
+        kind = OutcomeKind.REFUSED if retry_same_host_later else OutcomeKind.MOVE
+        self._pending_end = SessionOutcome(kind, reason)
+
+    async def _guard(self, fn: object) -> None:
+        try:
+            await fn()  # type: ignore[operator]
+        except ConnectionLost as exc:
+            self.finish(OutcomeKind.LOST, str(exc))
+        except Exception as exc:  # a bug must not kill the agent: log it, reconnect
+            self.log.exception("session task failed")
+            self.finish(OutcomeKind.LOST, f"internal error: {exc!r}")
+
+    async def _read(self) -> None:
+        await self.stream.run(self._on_request)
+
+    # --- registration and pings -----------------------------------------------------
+
+    async def _register_then_ping(self) -> None:
+        await self.send_startup()
+        await self._ping_loop()
+
+    async def send_startup(self) -> None:
+        async with self._startup_lock:
+            command = await self._startup_command()
+            try:
+                response = await self.stream.request(
+                    [command], timeout=self.agent.config.startup_timeout
+                )
+            except RequestTimeout:
+                self.finish(OutcomeKind.LOST, "no StartupAnswer in time")
+                return
+            answer = response.answers[0] if response.answers else None
+            if not isinstance(answer, StartupAnswer) or not answer.result:
+                details = getattr(answer, "details", None) or "no details"
+                self.finish(OutcomeKind.REFUSED, f"startup refused: {details}")
+                return
+            self.ping_interval = float(max(answer.ping_interval, 1))
+            if "backoff.seconds" in answer.params:
+                try:
+                    self.agent.set_backoff(float(answer.params["backoff.seconds"]))
+                except ValueError:
+                    self.log.warning("ignoring invalid backoff.seconds from the MS")
+            self.log.info(
+                "registered",
+                ping_interval=self.ping_interval,
+                secured=command.host_details.get("secured"),
+            )
+            self.registered.set()
+
+    async def _startup_command(self) -> StartupRoutingCommand:
+        cfg, agent = self.agent.config, self.agent
+        try:
+            facts = await agent.hypervisor.host_facts()
+            self._last_facts = facts
+        except HypervisorError as exc:
+            self.log.warning(
+                "libvirt unavailable, registering with the last known facts", error=str(exc)
+            )
+            facts = (
+                self._last_facts
+                if self._last_facts is not None
+                else await trio.to_thread.run_sync(_os_only_facts)
+            )
+        private = facts.private
+        state = agent.state.current
+        return StartupRoutingCommand(
+            data_center=cfg.zone,
+            pod=cfg.pod,
+            cluster=cfg.cluster,
+            guid=f"{cfg.guid}-LibvirtComputingResource",
+            name=facts.hostname,
+            id=state.host_id,
+            version=__version__,
+            private_ip_address=private.ip if private else None,
+            private_mac_address=private.mac if private else None,
+            private_netmask=private.netmask if private else None,
+            public_ip_address=private.ip if private else None,
+            public_mac_address=private.mac if private else None,
+            public_netmask=private.netmask if private else None,
+            storage_ip_address=private.ip if private else None,
+            storage_mac_address=private.mac if private else None,
+            storage_netmask=private.netmask if private else None,
+            resource_name="LibvirtComputingResource",
+            ms_host_list=cfg.host,
+            arch=facts.arch,
+            cpu_sockets=facts.cpu_sockets,
+            cpus=facts.cpus,
+            speed=facts.speed_mhz,
+            cpu_arch=facts.arch,
+            memory=facts.memory,
+            dom0_min_memory=facts.dom0_min_memory,
+            caps=facts.caps,
+            hypervisor_type="KVM",
+            hypervisor_version=facts.hypervisor_version,
+            host_details={
+                "secured": "true" if agent.secured() else "false",
+                "Host.OS": facts.os_name,
+                "Host.OS.Version": facts.os_version,
+                "Host.OS.Kernel.Version": facts.kernel,
+                "host.volume.encryption": "false",
+                "host.instance.conversion": "false",
+                "com.cloud.network.Networks.RouterPrivateIpStrategy": "DcGlobal",
+            },
+        )
+
+    def ping_soon(self) -> None:
+        """Send an out-of-band ping now (a VM started or stopped)."""
+        self._ping_now.set()
+
+    async def _ping_loop(self) -> None:
+        missed = 0
+        retries = self.agent.config.ping_retries
+        while True:
+            out_of_band = False
+            with trio.move_on_after(self.ping_interval):
+                await self._ping_now.wait()
+                out_of_band = True
+            self._ping_now = trio.Event()
+            started = time.monotonic()
+            ping = await self._ping_command(out_of_band)
+            try:
+                response = await self.stream.request(
+                    [ping], stop_on_error=True, timeout=self.ping_interval
+                )
+            except RequestTimeout:
+                missed += 1
+                self.log.warning("no PingAnswer", missed=missed, allowed=retries)
+                if missed >= retries:
+                    self.finish(OutcomeKind.LOST, f"management server silent for {missed} pings")
+                    return
+                continue
+            missed = 0
+            answer = response.answers[0] if response.answers else None
+            self.log.debug(
+                "ping",
+                rtt_ms=round((time.monotonic() - started) * 1000, 1),
+                out_of_band=out_of_band,
+            )
+            if isinstance(answer, PingAnswer) and answer.send_startup:
+                self.log.info("management server asked for a new startup")
+                await self.send_startup()
+
+    async def _ping_command(self, out_of_band: bool) -> PingRoutingCommand:
+        guid = f"{self.agent.config.guid}-LibvirtComputingResource"
+        try:
+            domains = await self.agent.hypervisor.running_domains()
+            self._last_vm_report = {
+                name: HostVmStateReportEntry(state=PowerState.POWER_ON, host=guid)
+                for name in domains
+            }
+        except HypervisorError:
+            pass  # an empty report would tell the MS every VM stopped: resend the last one
+        return PingRoutingCommand(
+            host_id=self.stream.session.agent_id if self.stream.session.agent_id > 0 else 0,
+            out_of_band=out_of_band,
+            host_vm_state_report=dict(self._last_vm_report),
+        )
+
+    # --- commands from the MS -------------------------------------------------------
+
+    def _on_request(self, request: Request) -> None:
+        """Called by the reader; never blocks. Commands run in the agent's task queue."""
+        try:
+            self.agent.tasks.submit(lambda: self._execute(request), in_sequence=request.in_sequence)
+        except (QueueClosed, QueueFull) as exc:
+            answers = [
+                Answer(result=False, details=f"agent cannot take commands: {exc}")
+                for _ in request.commands
+            ]
+            if self._nursery is not None:
+                self._nursery.start_soon(self._respond, request, answers)
+
+    async def _execute(self, request: Request) -> None:
+        answers: list[Message] = []
+        failed = False
+        for command in request.commands:
+            if failed and request.stop_on_error:
+                answers.append(Answer(result=False, details=STOPPED_BY_PREVIOUS_FAILURE))
+                continue
+            answer = await self._run_command(request.sequence, command)
+            answers.append(answer)
+            failed = failed or not getattr(answer, "result", True)
+        await self._respond(request, answers)
+        if self._pending_end is not None:
+            end, self._pending_end = self._pending_end, None
+            self.finish(end.kind, end.reason)
+
+    async def _run_command(self, sequence: int, command: Message) -> Message:
+        name = command.java_class
+        log = self.log.bind(seq=sequence, command=name.rsplit(".", 1)[-1])
+        started = time.monotonic()
+        handler = self.agent.handlers.get(name)
+        if handler is None:
+            answer: Message = UnsupportedAnswer.for_command(name)
+        else:
+            ctx = CommandContext(agent=self.agent, session=self, sequence=sequence)
+            try:
+                answer = await handler(command, ctx)
+            except Exception as exc:
+                log.exception("command failed")
+                answer = Answer(result=False, details=f"{type(exc).__name__}: {exc}")
+        result = getattr(answer, "result", None)
+        log.info(
+            "command",
+            result=result,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+            details=getattr(answer, "details", None) if not result else None,
+        )
+        return answer
+
+    async def _respond(self, request: Request, answers: Sequence[Message]) -> None:
+        try:
+            await self.stream.respond(request, answers)
+        except ConnectionLost as exc:
+            self.log.warning(
+                "answer lost with the connection", seq=request.sequence, error=str(exc)
+            )
+
+    async def send_shutdown(self, reason: str, detail: str) -> None:
+        """Tell the MS we are going away (it then marks the host Disconnected, not Alert)."""
+        try:
+            await self.stream.send(
+                [ShutdownCommand(reason=reason, detail=detail)], stop_on_error=True
+            )
+        except ConnectionLost:
+            pass
+
+
+def _os_only_facts() -> HostFacts:
+    import os
+
+    from agent import hostinfo
+
+    os_facts = hostinfo.os_facts()
+    return HostFacts(
+        cpus=os.cpu_count() or 1,
+        cpu_sockets=1,
+        speed_mhz=0,
+        memory=hostinfo.total_memory(),
+        dom0_min_memory=0,
+        caps="hvm,snapshot",
+        hypervisor_version="",
+        libvirt_version="",
+        arch=os_facts.arch,
+        hostname=os_facts.hostname,
+        fqdn=os_facts.fqdn,
+        os_name=os_facts.os_name,
+        os_version=os_facts.os_version,
+        kernel=os_facts.kernel,
+        private=hostinfo.private_interface(),
+    )

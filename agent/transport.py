@@ -1,0 +1,296 @@
+"""A protocol Connection driven over a trio stream: one reader task, serialised writers.
+
+Used by the agent (client side) and by the lab management server (server side). Every
+stream or link failure surfaces as one domain error, :class:`ConnectionLost`.
+"""
+
+from __future__ import annotations
+
+import math
+import ssl
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+import trio
+from attrs import define, field
+
+from protocol import (
+    Answer,
+    BodyError,
+    Connection,
+    HandshakeComplete,
+    LinkClosed,
+    LinkError,
+    Message,
+    ProtocolError,
+    Request,
+    Response,
+    Session,
+)
+from protocol.header import Header
+
+_READ_SIZE = 65536
+log = structlog.get_logger("agent.transport")
+
+
+class ConnectionLost(Exception):
+    """The stream ended, failed, or carried something the link cannot recover from."""
+
+
+class RequestTimeout(Exception):
+    """No response arrived in time; the connection itself may still be fine."""
+
+
+@define
+class _Waiter:
+    event: trio.Event = field(factory=trio.Event)
+    response: Response | None = None
+    error: Exception | None = None
+
+
+class MessageStream:
+    """Owns one TLS connection. ``run`` is the only reader; writes go through one lock,
+    which also keeps TLS records in the order they were encrypted."""
+
+    def __init__(self, stream: trio.abc.Stream, conn: Connection, peer: str) -> None:
+        self._stream = stream
+        self.conn = conn
+        self.peer = peer
+        self._write_lock = trio.Lock()
+        self._waiters: dict[int, _Waiter] = {}
+        self._closed: ConnectionLost | None = None
+        self.peer_certificate: bytes | None = None
+
+    @property
+    def session(self) -> Session:
+        return self.conn.session
+
+    # --- opening --------------------------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        context: ssl.SSLContext,
+        session: Session,
+        *,
+        connect_timeout: float,
+        handshake_timeout: float,
+        server_hostname: str | None = None,
+        max_message_size: int = 16 * 1024 * 1024,
+    ) -> MessageStream:
+        """TCP connect and TLS handshake as a client. Raises ConnectionLost."""
+        peer = f"{host}:{port}"
+        with trio.move_on_after(connect_timeout) as scope:
+            try:
+                stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+            except OSError as exc:
+                raise ConnectionLost(f"cannot connect to {peer}: {exc.strerror or exc}") from None
+        if scope.cancelled_caught:
+            raise ConnectionLost(f"cannot connect to {peer}: timed out after {connect_timeout}s")
+        conn = Connection(
+            session,
+            context,
+            server_side=False,
+            server_hostname=server_hostname,
+            max_message_size=max_message_size,
+        )
+        self = cls(stream, conn, peer)
+        await self._handshake(handshake_timeout)
+        return self
+
+    @classmethod
+    async def accept(
+        cls,
+        stream: trio.abc.Stream,
+        context: ssl.SSLContext,
+        session: Session,
+        *,
+        peer: str,
+        handshake_timeout: float,
+    ) -> MessageStream:
+        """TLS handshake as a server on an accepted stream. Raises ConnectionLost."""
+        self = cls(stream, Connection(session, context, server_side=True), peer)
+        await self._handshake(handshake_timeout)
+        return self
+
+    async def _handshake(self, timeout: float) -> None:
+        with trio.move_on_after(timeout) as scope:
+            try:
+                await self._write(self.conn.initiate())
+                while True:
+                    data = await self._read()
+                    self.conn.receive_data(data)
+                    event = self.conn.next_event()
+                    await self._write(self.conn.data_to_send())
+                    if isinstance(event, HandshakeComplete):
+                        self.peer_certificate = event.peer_certificate
+                        return
+                    if not data:
+                        raise ConnectionLost(f"{self.peer} closed during the TLS handshake")
+            except LinkError as exc:
+                await self._write_quietly(self.conn.data_to_send())  # the TLS alert, if any
+                await self._abort()
+                raise ConnectionLost(f"TLS with {self.peer} failed: {exc}") from None
+            except ConnectionLost:
+                await self._abort()
+                raise
+        if scope.cancelled_caught:
+            await self._abort()
+            raise ConnectionLost(f"TLS handshake with {self.peer} timed out after {timeout}s")
+
+    # --- reading --------------------------------------------------------------------
+
+    async def run(self, on_request: Callable[[Request], None]) -> None:
+        """Read until the connection ends; always ends by raising ConnectionLost.
+
+        Responses wake their waiters; requests go to ``on_request``, which must not block.
+        """
+        try:
+            while True:
+                # Drain first: the handshake's last read may already hold a message.
+                while True:
+                    try:
+                        event = self.conn.next_event()
+                    except LinkError as exc:
+                        raise ConnectionLost(f"link to {self.peer} failed: {exc}") from None
+                    except ProtocolError as exc:
+                        await self._on_bad_message(exc)
+                        continue
+                    if event is None:
+                        break
+                    if isinstance(event, LinkClosed):
+                        how = "closed the connection" if event.clean else "went away"
+                        raise ConnectionLost(f"{self.peer} {how}")
+                    if isinstance(event, Response):
+                        self._deliver(event)
+                    elif isinstance(event, Request):
+                        on_request(event)
+                self.conn.receive_data(await self._read())
+        except ConnectionLost as exc:
+            self._fail_waiters(exc)
+            raise
+        finally:
+            await self._shutdown()
+
+    def _deliver(self, response: Response) -> None:
+        waiter = self._waiters.pop(response.sequence, None)
+        if waiter is not None:
+            waiter.response = response
+            waiter.event.set()
+
+    async def _on_bad_message(self, exc: ProtocolError) -> None:
+        log.warning("bad message", peer=self.peer, error=str(exc))
+        header = exc.header if isinstance(exc, BodyError) else None
+        if header is not None and header.is_request:
+            # Answer what we could not read, so the peer does not wait for it forever.
+            await self.respond(
+                Request(header, ()), [Answer(result=False, details=f"malformed request: {exc}")]
+            )
+
+    def _fail_waiters(self, exc: ConnectionLost) -> None:
+        self._closed = exc
+        for waiter in self._waiters.values():
+            waiter.error = exc
+            waiter.event.set()
+        self._waiters.clear()
+
+    # --- writing --------------------------------------------------------------------
+
+    async def request(
+        self,
+        commands: Sequence[Message],
+        *,
+        stop_on_error: bool = False,
+        timeout: float = math.inf,
+    ) -> Response:
+        """Send a request and wait for its response (RequestTimeout, ConnectionLost)."""
+        waiter = _Waiter()
+        async with self._write_lock:
+            self._check_open()
+            request, data = self.conn.send_request(commands, stop_on_error=stop_on_error)
+            self._waiters[request.sequence] = waiter
+            await self._send(data)
+        with trio.move_on_after(timeout):
+            await waiter.event.wait()
+        if waiter.error is not None:
+            raise waiter.error
+        if waiter.response is None:
+            self._waiters.pop(request.sequence, None)
+            self.session.forget(request.sequence)
+            raise RequestTimeout(f"no answer to seq {request.sequence} within {timeout}s")
+        return waiter.response
+
+    async def send(self, commands: Sequence[Message], *, stop_on_error: bool = False) -> Request:
+        """Send a request whose response is not awaited."""
+        async with self._write_lock:
+            self._check_open()
+            request, data = self.conn.send_request(
+                commands, stop_on_error=stop_on_error, expect_response=False
+            )
+            await self._send(data)
+        return request
+
+    async def respond(self, request: Request | Header, answers: Sequence[Message]) -> None:
+        if isinstance(request, Header):
+            request = Request(request, ())
+        async with self._write_lock:
+            self._check_open()
+            await self._send(self.conn.send_response(request, answers))
+
+    async def aclose(self) -> None:
+        """Send close_notify and close the stream (bounded by a short grace period)."""
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        with trio.CancelScope(shield=True):
+            if self._closed is None:
+                with trio.move_on_after(0.5):
+                    async with self._write_lock:
+                        await self._write_quietly(self.conn.close())
+                self._fail_waiters(ConnectionLost("closed locally"))
+            await self._abort()
+
+    def _check_open(self) -> None:
+        if self._closed is not None:
+            raise self._closed
+
+    async def _send(self, data: bytes) -> None:
+        try:
+            await self._write(data)
+        except ConnectionLost as exc:
+            self._fail_waiters(exc)
+            raise
+
+    # --- the stream -----------------------------------------------------------------
+
+    async def _read(self) -> bytes:
+        try:
+            return bytes(await self._stream.receive_some(_READ_SIZE))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise ConnectionLost(f"connection to {self.peer} lost: {exc}") from None
+
+    async def _write(self, data: bytes) -> None:
+        if not data:
+            return
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise ConnectionLost(f"connection to {self.peer} lost: {exc}") from None
+
+    async def _write_quietly(self, data: bytes) -> None:
+        try:
+            await self._write(data)
+        except ConnectionLost:
+            pass
+
+    async def _abort(self) -> None:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(self._stream)
+
+
+def describe(value: Any) -> str:
+    """A short name for a message or event, for logs."""
+    return getattr(value, "java_class", type(value).__name__).rsplit(".", 1)[-1]
