@@ -10,8 +10,7 @@ Structure (one trio nursery as supervisor):
 from __future__ import annotations
 
 import signal
-import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 import trio
@@ -56,6 +55,7 @@ class Agent:
         handlers: HandlerRegistry | None = None,
         hypervisor: Hypervisor | None = None,
         handle_signals: bool = True,
+        connector: Callable[[str], Awaitable[MessageStream]] | None = None,
     ) -> None:
         self.config = config
         self.notifier = notifier or Notifier()
@@ -76,6 +76,7 @@ class Agent:
         self.cycler = HostCycler(config.ms_hosts, config.lb_algorithm, config.backoff_seconds)
         self._lb_check_interval = config.lb_check_interval
         self._pending: tuple[str, MessageStream] | None = None
+        self._connector = connector or self._connect
 
     # --- AgentServices --------------------------------------------------------------
 
@@ -179,17 +180,17 @@ class Agent:
                 host, stream = self._pending
                 self._pending = None
             else:
-                host, wait = self.cycler.next_attempt(time.monotonic())
+                host, wait = self.cycler.next_attempt(trio.current_time())
                 if wait > 0:
                     self.notifier.status(f"waiting {wait:.1f}s before connecting to {host}")
                     log.info("backing off", seconds=round(wait, 2), next_host=host)
                     await sleep_unless(self._stop_event, wait)
                     continue
                 try:
-                    stream = await self._connect(host)
+                    stream = await self._connector(host)
                 except ConnectionLost as exc:
                     log.warning("connect failed", host=host, error=str(exc))
-                    self.cycler.attempt_failed(host, time.monotonic())
+                    self.cycler.attempt_failed(host, trio.current_time())
                     continue
             if self._stopping:
                 await stream.aclose()
@@ -208,7 +209,7 @@ class Agent:
             outcome = await session.run()
             nursery.cancel_scope.cancel()
         self.session, self.current_host = None, None
-        now = time.monotonic()
+        now = trio.current_time()
         if outcome.kind in (OutcomeKind.LOST, OutcomeKind.REFUSED):
             self.cycler.session_lost(host, now)
             self.notifier.status(f"lost {host}: {outcome.reason}")
@@ -228,7 +229,7 @@ class Agent:
         while True:
             await trio.sleep(self._lb_check_interval)
             stream = await probe_preferred(
-                self._connect, preferred, idle=lambda: self.tasks.in_flight == 0
+                self._connector, preferred, idle=lambda: self.tasks.in_flight == 0
             )
             if stream is not None:
                 log.info("moving back to the preferred management server", host=preferred)

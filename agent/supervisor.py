@@ -4,8 +4,8 @@
 :class:`Supervisor` runs it against the network, forever, until the agent stops.
 
 Policy:
-* a refused or unreachable MS -> the next one at once; a whole round of failures ->
-  wait ``backoff`` before the next round;
+* a refused or unreachable MS -> the next one at once; once every MS failed, the first of
+  them is tried again ``backoff`` after its failure;
 * after an established session is lost -> the next MS at once, but never the same MS
   sooner than ``backoff`` (the MS needs that time to clean up after the old session);
 * ``@static`` and ``@roundrobin`` walk the list in order, ``@shuffle`` walks a new random
@@ -29,14 +29,16 @@ log = structlog.get_logger("agent.supervisor")
 
 @define
 class HostCycler:
+    """Each host has a "not before" time: set to now + backoff when a connect attempt to it
+    fails or its session is lost. The next host is the first allowed one in cyclic order
+    from the last; when none is allowed, the one allowed soonest, after a wait."""
+
     hosts: tuple[str, ...]
     algorithm: LbAlgorithm
     backoff: float
     rng: random.Random = field(factory=random.Random)
     _order: list[str] = field(init=False, factory=list)
     _pos: int = field(init=False, default=0)
-    _failures: int = field(init=False, default=0)
-    _round_wait_until: float = field(init=False, default=0.0)
     _not_before: dict[str, float] = field(init=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
@@ -52,7 +54,6 @@ class HostCycler:
             self.algorithm = algorithm
         self._not_before = {h: t for h, t in self._not_before.items() if h in self.hosts}
         self._pos = 0
-        self._failures = 0
         self._new_order()
 
     def _new_order(self) -> None:
@@ -62,44 +63,34 @@ class HostCycler:
 
     def next_attempt(self, now: float) -> tuple[str, float]:
         """The host to try next and how long to wait before trying it."""
-        wait_round = max(0.0, self._round_wait_until - now)
         n = len(self._order)
         candidates = [self._order[(self._pos + i) % n] for i in range(n)]
-        for i, host in enumerate(candidates):
-            if self._not_before.get(host, 0.0) <= now + wait_round:
-                self._pos = (self._pos + i) % n
-                return host, wait_round
-        # Every host was left too recently: wait for the first to become allowed.
-        host = min(candidates, key=lambda h: self._not_before.get(h, 0.0))
+        host = min(candidates, key=lambda h: max(self._not_before.get(h, 0.0), now))
         self._pos = self._order.index(host)
-        return host, max(wait_round, self._not_before[host] - now)
+        return host, max(0.0, self._not_before.get(host, 0.0) - now)
 
     def attempt_failed(self, host: str, now: float) -> None:
-        self._failures += 1
-        self._advance(host)
-        if self._failures >= len(self._order):
-            self._failures = 0
-            self._round_wait_until = now + self.backoff
-            if self.algorithm is LbAlgorithm.SHUFFLE:
-                self._new_order()
-
-    def connected(self, host: str) -> None:
-        self._failures = 0
-        self._round_wait_until = 0.0
+        self._block(host, now)
 
     def session_lost(self, host: str, now: float) -> None:
-        self._not_before[host] = now + self.backoff
-        self._advance(host)
+        self._block(host, now)
+
+    def connected(self, host: str) -> None:
+        self._not_before.pop(host, None)
 
     def moved(self) -> None:
         """The MS sent a new list to move to: start it from its first host, now."""
         self._pos = 0
-        self._failures = 0
-        self._round_wait_until = 0.0
+        self._not_before.clear()
 
-    def _advance(self, host: str) -> None:
+    def _block(self, host: str, now: float) -> None:
+        self._not_before[host] = now + self.backoff
         if host in self._order:
-            self._pos = (self._order.index(host) + 1) % len(self._order)
+            self._pos = self._order.index(host) + 1
+            if self._pos >= len(self._order):
+                self._pos = 0
+                if self.algorithm is LbAlgorithm.SHUFFLE:
+                    self._new_order()
 
 
 Connector = Callable[[str], Awaitable[MessageStream]]

@@ -110,9 +110,11 @@ class MessageStream:
         *,
         peer: str,
         handshake_timeout: float,
+        max_message_size: int = 16 * 1024 * 1024,
     ) -> MessageStream:
         """TLS handshake as a server on an accepted stream. Raises ConnectionLost."""
-        self = cls(stream, Connection(session, context, server_side=True), peer)
+        conn = Connection(session, context, server_side=True, max_message_size=max_message_size)
+        self = cls(stream, conn, peer)
         await self._handshake(handshake_timeout)
         return self
 
@@ -184,7 +186,8 @@ class MessageStream:
     async def _on_bad_message(self, exc: ProtocolError) -> None:
         log.warning("bad message", peer=self.peer, error=str(exc))
         header = exc.header if isinstance(exc, BodyError) else None
-        if header is not None and header.is_request:
+        # Before startup the MS side throws everything away, as the Java MS does.
+        if header is not None and header.is_request and self.session.started:
             # Answer what we could not read, so the peer does not wait for it forever.
             await self.respond(
                 Request(header, ()), [Answer(result=False, details=f"malformed request: {exc}")]
@@ -213,13 +216,17 @@ class MessageStream:
             request, data = self.conn.send_request(commands, stop_on_error=stop_on_error)
             self._waiters[request.sequence] = waiter
             await self._send(data)
-        with trio.move_on_after(timeout):
-            await waiter.event.wait()
+        try:
+            with trio.move_on_after(timeout):
+                await waiter.event.wait()
+        finally:
+            # Timed out or cancelled from outside: stop waiting for this sequence.
+            if waiter.response is None and waiter.error is None:
+                self._waiters.pop(request.sequence, None)
+                self.session.forget(request.sequence)
         if waiter.error is not None:
             raise waiter.error
         if waiter.response is None:
-            self._waiters.pop(request.sequence, None)
-            self.session.forget(request.sequence)
             raise RequestTimeout(f"no answer to seq {request.sequence} within {timeout}s")
         return waiter.response
 
