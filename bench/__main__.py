@@ -1,0 +1,55 @@
+"""``make bench``: every benchmark in one run, printed as a table and written as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from agent import logs
+from bench import codec, session
+
+RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def main() -> int:
+    logs.configure("warning")
+    results: dict[str, Any] = {"machine": machine()}
+    print("== codec (messages per second) ==")
+    results["codec"] = codec.run(1.0)
+    codec.print_table(results["codec"])
+    print("\n== session (real agent process, lab MS on loopback, mutual TLS) ==")
+    results["session"] = trio.run(session.run)
+    session.print_table(results["session"])
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwritten to {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
