@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from attrs import frozen
 
-from agent.config import LbAlgorithm
+from agent.config import LbAlgorithm, parse_algorithm
 from protocol.messages import (
     Answer,
     CheckHealthAnswer,
@@ -96,13 +96,6 @@ class HandlerRegistry:
         return registry
 
 
-def _algorithm(name: str | None) -> LbAlgorithm | None:
-    try:
-        return LbAlgorithm(name.lower()) if name else None
-    except ValueError:
-        return None
-
-
 async def check_health(cmd: CheckHealthCommand, ctx: CommandContext) -> Message:
     if await ctx.agent.hypervisor.healthy():
         return CheckHealthAnswer(result=True, details="resource is alive")
@@ -130,7 +123,7 @@ async def setup_ms_list(cmd: SetupMSListCommand, ctx: CommandContext) -> Message
         return SetupMSListAnswer(result=False, details="empty management server list")
     ctx.agent.set_ms_hosts(
         cmd.ms_list,
-        _algorithm(cmd.lb_algorithm),
+        parse_algorithm(cmd.lb_algorithm),
         float(cmd.lb_check_interval) if cmd.lb_check_interval is not None else None,
     )
     if cmd.trigger_host_lb:
@@ -149,7 +142,7 @@ async def migrate_agent_connection(
         )
     ctx.agent.set_ms_hosts(
         cmd.ms_list,
-        _algorithm(cmd.lb_algorithm),
+        parse_algorithm(cmd.lb_algorithm),
         float(cmd.lb_check_interval) if cmd.lb_check_interval is not None else None,
     )
     ctx.session.end("management server moved this agent to a new list", retry_same_host_later=False)

@@ -28,6 +28,14 @@ class LbAlgorithm(enum.Enum):
     STATIC = "static"
 
 
+def parse_algorithm(name: str | None) -> LbAlgorithm | None:
+    """An algorithm name from the MS ("roundrobin", "Shuffle"...); None if absent or unknown."""
+    try:
+        return LbAlgorithm(name.strip().lower()) if name else None
+    except ValueError:
+        return None
+
+
 def parse_host_list(value: str) -> tuple[tuple[str, ...], LbAlgorithm]:
     """``ip1,ip2@shuffle`` -> (("ip1", "ip2"), SHUFFLE). The first host is the preferred one."""
     hosts_part, _, algo = value.partition("@")

@@ -161,8 +161,8 @@ class Agent:
         if self.tasks is not None:
             self.tasks.close()
         session = self.session
-        if session is not None and session._nursery is not None:
-            session._nursery.start_soon(self._graceful_end, session, tell_ms)
+        if session is not None:
+            session.start_soon(self._graceful_end, session, tell_ms)
         self._stop_event.set()
 
     async def _graceful_end(self, session: AgentSession, tell_ms: bool) -> None:

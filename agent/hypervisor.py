@@ -58,6 +58,7 @@ class Hypervisor:
         self._conn: Any = None
         self._conn_lock = threading.Lock()  # worker threads race to (re)open the connection
         self.last_error: str | None = None
+        self.last_facts: HostFacts | None = None  # for registering while libvirtd is away
 
     @property
     def connected(self) -> bool:
@@ -120,7 +121,7 @@ class Hypervisor:
         _model, mem_mib, cpus, mhz, nodes, sockets, _cores, _threads = info[:8]
         caps = ["hvm"] if "<os_type>hvm</os_type>" in caps_xml else []
         caps.append("snapshot")
-        return HostFacts(
+        self.last_facts = HostFacts(
             cpus=int(cpus),
             cpu_sockets=int(nodes) * int(sockets),
             speed_mhz=int(mhz),
@@ -137,6 +138,7 @@ class Hypervisor:
             kernel=os_facts.kernel,
             private=private,
         )
+        return self.last_facts
 
     async def running_domains(self) -> dict[str, str]:
         """Running (or paused) domains: name -> libvirt state name."""

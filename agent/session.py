@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import structlog
@@ -18,6 +18,7 @@ from attrs import frozen
 
 from agent import __version__
 from agent.commands import AgentControl, CommandContext, HandlerRegistry
+from agent.config import parse_algorithm
 from agent.hypervisor import HostFacts, HypervisorError
 from agent.tasks import QueueClosed, QueueFull
 from agent.transport import ConnectionLost, MessageStream, RequestTimeout
@@ -75,7 +76,6 @@ class AgentSession:
         self._nursery: trio.Nursery | None = None
         self._ping_now = trio.Event()
         self._last_vm_report: dict[str, HostVmStateReportEntry] = {}
-        self._last_facts: HostFacts | None = None
         self._startup_lock = trio.Lock()
 
     # --- life -----------------------------------------------------------------------
@@ -103,6 +103,13 @@ class AgentSession:
             self._outcome = SessionOutcome(kind, reason)
         self._scope.cancel()
 
+    def start_soon(self, fn: Callable[..., Awaitable[object]], *args: object) -> bool:
+        """Run a task for the life of this session; False if the session is over."""
+        if self._nursery is None:
+            return False
+        self._nursery.start_soon(fn, *args)
+        return True
+
     # SessionControl, for handlers
     def ready(self, command: ReadyCommand) -> None:
         if command.host_id is not None:
@@ -113,17 +120,11 @@ class AgentSession:
             host_name=command.host_name,
         )
         if command.ms_host_list:
-            algorithm = None
-            if command.lb_algorithm:
-                from agent.config import LbAlgorithm
-
-                try:
-                    algorithm = LbAlgorithm(command.lb_algorithm.lower())
-                except ValueError:
-                    algorithm = None
             interval = command.lb_check_interval
             self.agent.set_ms_hosts(
-                command.ms_host_list, algorithm, float(interval) if interval is not None else None
+                command.ms_host_list,
+                parse_algorithm(command.lb_algorithm),
+                float(interval) if interval is not None else None,
             )
         self.log.info("host ready", host_id=command.host_id, host_uuid=command.host_uuid)
         self.is_ready.set()
@@ -182,16 +183,12 @@ class AgentSession:
         cfg, agent = self.agent.config, self.agent
         try:
             facts = await agent.hypervisor.host_facts()
-            self._last_facts = facts
         except HypervisorError as exc:
             self.log.warning(
                 "libvirt unavailable, registering with the last known facts", error=str(exc)
             )
-            facts = (
-                self._last_facts
-                if self._last_facts is not None
-                else await trio.to_thread.run_sync(_os_only_facts)
-            )
+            cached = agent.hypervisor.last_facts
+            facts = cached if cached is not None else await trio.to_thread.run_sync(_os_only_facts)
         private = facts.private
         state = agent.state.current
         return StartupRoutingCommand(
@@ -298,8 +295,7 @@ class AgentSession:
                 Answer(result=False, details=f"agent cannot take commands: {exc}")
                 for _ in request.commands
             ]
-            if self._nursery is not None:
-                self._nursery.start_soon(self._respond, request, answers)
+            self.start_soon(self._respond, request, answers)
 
     async def _execute(self, request: Request) -> None:
         answers: list[Message] = []
