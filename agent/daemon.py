@@ -12,10 +12,11 @@ from __future__ import annotations
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 
+import libvirt
 import structlog
 import trio
 
-from agent import logs
+from agent import logs, pki
 from agent.commands import HandlerRegistry
 from agent.config import AgentConfig, ConfigError, LbAlgorithm
 from agent.hypervisor import Hypervisor
@@ -33,6 +34,11 @@ EXIT_STOPPED_BY_MS = 10  # the MS sent ShutdownCommand: systemd must not restart
 EXIT_CONFIG = 78  # EX_CONFIG
 
 log = structlog.get_logger("agent.daemon")
+_STATE_CHANGES = {
+    libvirt.VIR_DOMAIN_EVENT_STARTED: "started",
+    libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
+    libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
+}
 
 
 def split_host_port(entry: str, default_port: int) -> tuple[str, int]:
@@ -76,13 +82,28 @@ class Agent:
         self.cycler = HostCycler(config.ms_hosts, config.lb_algorithm, config.backoff_seconds)
         self._lb_check_interval = config.lb_check_interval
         self._pending: tuple[str, MessageStream] | None = None
+        self.security: pki.SecurityReport | None = None
         self._connector = connector or self._connect
 
     # --- AgentServices --------------------------------------------------------------
 
-    def secured(self) -> bool:
-        # Defined fully by the certificate capability; until then a host is never secured.
-        return False
+    async def secured(self) -> bool:
+        """Evaluated at every registration: certificates, libvirtd TLS, QEMU TLS files."""
+        cfg = self.config
+        report = await trio.to_thread.run_sync(
+            lambda: pki.evaluate(cfg.cert_dir, tls_enabled_setting=cfg.libvirtd_tls_enabled)
+        )
+        if report.secured:
+            log.info(
+                "host is secured",
+                not_after=str(report.certificate.not_after) if report.certificate else None,
+            )
+        elif any("expired" in r for r in report.reasons):
+            log.error("host certificate EXPIRED: registering as unsecured", reasons=report.reasons)
+        else:
+            log.info("host is not secured", reasons=list(report.reasons))
+        self.security = report
+        return report.secured
 
     def set_backoff(self, seconds: float) -> None:
         self._backoff_override = max(0.0, seconds)
@@ -141,9 +162,10 @@ class Agent:
                     nursery.start_soon(self._signals)
                 if (interval := self.notifier.watchdog_interval()) is not None:
                     nursery.start_soon(self._watchdog, interval)
+                self.hypervisor.lifecycle_listeners.append(self._on_domain_event)
+                await nursery.start(self.hypervisor.run)
                 await self._supervise()
                 nursery.cancel_scope.cancel()
-        await self.hypervisor.aclose()
         self.notifier.stopping()
         log.info("agent stopped", exit_code=self.exit_code)
         return self.exit_code
@@ -164,6 +186,12 @@ class Agent:
         if session is not None:
             session.start_soon(self._graceful_end, session, tell_ms)
         self._stop_event.set()
+
+    def _on_domain_event(self, name: str, event: int, detail: int) -> None:
+        # A VM started or stopped (a migration included): tell the MS now, not at the next ping.
+        if event in _STATE_CHANGES and self.session is not None:
+            log.info("domain state changed", vm=name, change=_STATE_CHANGES[event])
+            self.session.ping_soon()
 
     async def _graceful_end(self, session: AgentSession, tell_ms: bool) -> None:
         if tell_ms:

@@ -50,57 +50,187 @@ class HostFacts:
     private: hostinfo.Interface | None
 
 
+_event_loop_lock = threading.Lock()
+_event_loop_started = False
+
+
+def start_event_loop() -> None:
+    """Run libvirt's default event loop in a daemon thread (once per process).
+
+    It must be registered before a connection is opened, or that connection gets no
+    events, keepalive or close callback. The thread only dispatches callbacks, which hand
+    their work to trio; it holds no state worth a clean stop.
+    """
+    global _event_loop_started
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+        # Errors reach us as exceptions; libvirt's default handler would also print them.
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+        def loop() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=loop, name="libvirt-events", daemon=True).start()
+        _event_loop_started = True
+
+
+LifecycleListener = Callable[[str, int, int], None]  # domain name, event, detail
+
+
 class Hypervisor:
-    def __init__(self, uri: str, *, private_device: str = "", threads: int = 4) -> None:
+    """Owns the libvirt connection: opens it, watches it, reopens it with backoff.
+
+    ``run()`` is a task for the life of the agent. While libvirtd is away every call
+    raises HypervisorError at once and ``connected`` is false; the agent stays up.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        private_device: str = "",
+        threads: int = 4,
+        keepalive: tuple[int, int] = (5, 3),
+        max_backoff: float = 30.0,
+    ) -> None:
         self.uri = uri
         self.private_device = private_device
         self.limiter = trio.CapacityLimiter(threads)
-        self._conn: Any = None
-        self._conn_lock = threading.Lock()  # worker threads race to (re)open the connection
-        self.last_error: str | None = None
+        self.keepalive = keepalive
+        self.max_backoff = max_backoff
+        self.last_error: str | None = "not connected yet"
         self.last_facts: HostFacts | None = None  # for registering while libvirtd is away
+        self.lifecycle_listeners: list[LifecycleListener] = []
+        self.reconnects = 0
+        self._conn: Any = None
+        self._lost = trio.Event()
+        self._up = trio.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
 
     @property
     def connected(self) -> bool:
         return self._conn is not None
 
-    async def call(self, fn: Callable[[Any], _T]) -> _T:
-        """Run ``fn(conn)`` in a worker thread; reconnects first if needed."""
+    async def wait_connected(self) -> None:
+        await self._up.wait()
 
-        def work() -> _T:
-            try:
-                with self._conn_lock:
-                    if self._conn is None:
-                        self._conn = libvirt.open(self.uri)
-                    conn = self._conn
-                return fn(conn)
-            except libvirt.libvirtError as exc:
-                message = exc.get_error_message() or str(exc)
-                with self._conn_lock:
-                    if self._conn is not None and not self._alive():
-                        self._drop()
-                raise HypervisorError(message) from None
-
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        start_event_loop()
+        backoff, started = 0.5, False
         try:
-            result = await trio.to_thread.run_sync(work, limiter=self.limiter)
-        except HypervisorError as exc:
-            self.last_error = str(exc)
-            raise
-        self.last_error = None
-        return result
+            while True:
+                try:
+                    await trio.to_thread.run_sync(self._open, limiter=self.limiter)
+                except HypervisorError as exc:
+                    self.last_error = str(exc)
+                    log.warning(
+                        "libvirt unreachable", uri=self.uri, error=str(exc), retry_in=backoff
+                    )
+                    if not started:
+                        started = True
+                        task_status.started()
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, self.max_backoff)
+                    continue
+                backoff = 0.5
+                self.last_error = None
+                if self.reconnects:
+                    log.info("libvirt connection restored", uri=self.uri)
+                self._up.set()
+                if not started:
+                    started = True
+                    task_status.started()
+                await self._lost.wait()
+                self._lost = trio.Event()
+                self._up = trio.Event()
+                self.reconnects += 1
+                await trio.to_thread.run_sync(self._drop, limiter=self.limiter)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._drop, limiter=self.limiter)
 
-    def _alive(self) -> bool:
+    # --- in worker threads ----------------------------------------------------------
+
+    def _open(self) -> None:
         try:
-            return bool(self._conn.isAlive())
+            conn = libvirt.open(self.uri)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(exc.get_error_message() or str(exc)) from None
+        try:
+            conn.setKeepAlive(*self.keepalive)
         except libvirt.libvirtError:
-            return False
+            pass  # local drivers (test://) have no keepalive; the close callback still works
+        try:
+            conn.registerCloseCallback(self._closed_cb, None)
+        except libvirt.libvirtError:
+            pass
+        conn.domainEventRegisterAny(
+            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle_cb, None
+        )
+        self._conn = conn
+        log.info("libvirt connected", uri=self.uri)
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        for cleanup in (conn.unregisterCloseCallback, conn.close):
+            try:
+                cleanup()
+            except libvirt.libvirtError:
+                pass
+
+    # --- in libvirt's event thread: hand everything to trio ---------------------------
+
+    def _closed_cb(self, _conn: Any, reason: int, _opaque: Any) -> None:
+        self._to_trio(self._on_closed, reason)
+
+    def _lifecycle_cb(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
+        self._to_trio(self._on_lifecycle, dom.name(), event, detail)
+
+    def _to_trio(self, fn: Callable[..., None], *args: Any) -> None:
+        if self._token is None:
+            return
         try:
-            conn.close()
-        except libvirt.libvirtError:
+            self._token.run_sync_soon(fn, *args)
+        except trio.RunFinishedError:
             pass
+
+    def _on_closed(self, reason: int) -> None:
+        why = _CLOSE_REASONS.get(reason, f"reason {reason}")
+        self.last_error = f"connection to libvirtd closed ({why})"
+        log.warning("libvirt connection lost", uri=self.uri, reason=why)
+        self._conn = None
+        self._lost.set()
+
+    def _on_lifecycle(self, name: str, event: int, detail: int) -> None:
+        for listener in self.lifecycle_listeners:
+            try:
+                listener(name, event, detail)
+            except Exception:  # raised in a run_sync_soon callback, it would crash trio
+                log.exception("domain event listener failed", vm=name)
+
+    # --- calls ----------------------------------------------------------------------
+
+    async def call(
+        self, fn: Callable[[Any], _T], *, limiter: trio.CapacityLimiter | None = None
+    ) -> _T:
+        """Run ``fn(conn)`` in a worker thread; libvirt's error is read in that thread."""
+        conn = self._conn
+        if conn is None:
+            raise HypervisorError(f"libvirtd is not reachable: {self.last_error}")
+
+        def work() -> _T:
+            try:
+                return fn(conn)
+            except libvirt.libvirtError as exc:
+                raise HypervisorError(exc.get_error_message() or str(exc)) from None
+
+        return await trio.to_thread.run_sync(work, limiter=limiter or self.limiter)
 
     async def healthy(self) -> bool:
         try:
@@ -110,9 +240,7 @@ class Hypervisor:
 
     async def host_facts(self) -> HostFacts:
         def facts(conn: Any) -> tuple[list[Any], int, int, str]:
-            info = conn.getInfo()
-            caps_xml = conn.getCapabilities()
-            return info, conn.getVersion(), conn.getLibVersion(), caps_xml
+            return conn.getInfo(), conn.getVersion(), conn.getLibVersion(), conn.getCapabilities()
 
         info, hv_version, lib_version, caps_xml = await self.call(facts)
         os_facts = await trio.to_thread.run_sync(hostinfo.os_facts)
@@ -152,14 +280,13 @@ class Hypervisor:
 
         return await self.call(domains)
 
-    async def aclose(self) -> None:
-        def close() -> None:
-            with self._conn_lock:
-                if self._conn is not None:
-                    self._drop()
 
-        await trio.to_thread.run_sync(close, limiter=self.limiter)
-
+_CLOSE_REASONS = {
+    libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "error",
+    libvirt.VIR_CONNECT_CLOSE_REASON_EOF: "libvirtd went away",
+    libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "keepalive timed out",
+    libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT: "closed by the agent",
+}
 
 _STATE_NAMES = {
     libvirt.VIR_DOMAIN_RUNNING: "running",

@@ -56,7 +56,7 @@ class SessionOutcome:
 class AgentServices(AgentControl, Protocol):
     handlers: HandlerRegistry
 
-    def secured(self) -> bool: ...
+    async def secured(self) -> bool: ...
 
     def set_backoff(self, seconds: float) -> None: ...
 
@@ -221,7 +221,7 @@ class AgentSession:
             hypervisor_type="KVM",
             hypervisor_version=facts.hypervisor_version,
             host_details={
-                "secured": "true" if agent.secured() else "false",
+                "secured": "true" if await agent.secured() else "false",
                 "Host.OS": facts.os_name,
                 "Host.OS.Version": facts.os_version,
                 "Host.OS.Kernel.Version": facts.kernel,

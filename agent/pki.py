@@ -1,0 +1,90 @@
+"""Where libvirt and QEMU look for certificates, and whether this host is "secured".
+
+Paths are relative to a ``root`` (``/`` in production) so that tools and tests can work
+on a copy of a system's files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+from attrs import frozen
+
+from agent.certs import CertificateError, ValidCertificate, validate
+from agent.tls import CA_FILE, CERT_FILE, KEY_FILE
+
+# libvirt / QEMU path (relative to root) -> the agent's file it links to.
+PKI_LINKS: dict[str, str] = {
+    "etc/pki/CA/cacert.pem": CA_FILE,
+    "etc/pki/libvirt/servercert.pem": CERT_FILE,
+    "etc/pki/libvirt/clientcert.pem": CERT_FILE,
+    "etc/pki/libvirt/private/serverkey.pem": KEY_FILE,
+    "etc/pki/libvirt/private/clientkey.pem": KEY_FILE,
+    "etc/pki/qemu/ca-cert.pem": CA_FILE,
+    "etc/pki/qemu/server-cert.pem": CERT_FILE,
+    "etc/pki/qemu/server-key.pem": KEY_FILE,
+    "etc/pki/qemu/client-cert.pem": CERT_FILE,
+    "etc/pki/qemu/client-key.pem": KEY_FILE,
+    "etc/pki/libvirt-vnc/ca-cert.pem": CA_FILE,
+    "etc/pki/libvirt-vnc/server-cert.pem": CERT_FILE,
+    "etc/pki/libvirt-vnc/server-key.pem": KEY_FILE,
+}
+QEMU_TLS_FILES = tuple(p for p in PKI_LINKS if p.startswith("etc/pki/qemu/"))
+LIBVIRTD_CONF = "etc/libvirt/libvirtd.conf"
+_LISTEN_TLS = re.compile(r"^\s*listen_tls\s*=\s*1\s*(#.*)?$", re.M)
+
+
+@frozen
+class SecurityReport:
+    secured: bool
+    reasons: tuple[str, ...]  # why not secured (empty when secured)
+    certificate: ValidCertificate | None
+
+
+def certificate_set(cert_dir: Path, *, now: dt.datetime | None = None) -> ValidCertificate:
+    """Validate cloud.crt/cloud.key/cloud.ca.crt in ``cert_dir`` (CertificateError)."""
+    files = {}
+    for name in (CERT_FILE, KEY_FILE, CA_FILE):
+        try:
+            files[name] = (cert_dir / name).read_bytes()
+        except FileNotFoundError:
+            raise CertificateError(f"{cert_dir / name} is missing") from None
+        except OSError as exc:
+            raise CertificateError(f"cannot read {cert_dir / name}: {exc.strerror}") from None
+    return validate(files[CERT_FILE], files[KEY_FILE], files[CA_FILE], now=now)
+
+
+def libvirtd_tls_configured(root: Path, tls_enabled_setting: bool) -> bool:
+    if tls_enabled_setting:
+        return True
+    try:
+        return bool(_LISTEN_TLS.search((root / LIBVIRTD_CONF).read_text()))
+    except OSError:
+        return False
+
+
+def evaluate(
+    cert_dir: Path,
+    *,
+    tls_enabled_setting: bool,
+    root: Path = Path("/"),
+    now: dt.datetime | None = None,
+) -> SecurityReport:
+    """Secured = a valid certificate set, libvirtd configured for TLS, QEMU's TLS files."""
+    reasons: list[str] = []
+    certificate = None
+    try:
+        certificate = certificate_set(cert_dir, now=now)
+    except CertificateError as exc:
+        reasons.append(f"certificate set: {exc}")
+    if not libvirtd_tls_configured(root, tls_enabled_setting):
+        reasons.append(
+            "libvirtd is not configured for TLS (libvirtd.tls.enabled=false and no "
+            f"listen_tls = 1 in {root / LIBVIRTD_CONF})"
+        )
+    missing = [str(root / p) for p in QEMU_TLS_FILES if not (root / p).exists()]
+    if missing:
+        reasons.append(f"QEMU TLS files missing: {', '.join(missing)}")
+    return SecurityReport(not reasons, tuple(reasons), certificate)

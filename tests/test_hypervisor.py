@@ -1,0 +1,99 @@
+"""The hypervisor layer on libvirt's test driver (no daemon): facts, events, lost libvirtd."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import trio
+
+from agent.hypervisor import Hypervisor, HypervisorError, start_event_loop
+from protocol.messages import CheckHealthAnswer, CheckHealthCommand, PingRoutingCommand
+from tests.agent_env import agent_config, agent_dir, guid_of, running_agent, running_ms
+
+GUID = guid_of("agent1")
+DOMAIN_XML = """<domain type='test'><name>{name}</name><memory>65536</memory>
+<os><type>hvm</type></os></domain>"""
+
+
+def _test_conn() -> Any:
+    start_event_loop()  # before opening, so that this connection shares the event loop
+    return libvirt.open("test:///default")
+
+
+async def test_facts_and_lifecycle_events_reach_trio() -> None:
+    hv = Hypervisor("test:///default")
+    events: list[tuple[str, int]] = []
+    hv.lifecycle_listeners.append(lambda name, event, _detail: events.append((name, event)))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hv.run)
+        await hv.wait_connected()
+        facts = await hv.host_facts()
+        assert facts.cpus > 0 and facts.memory > 0 and facts.caps == "hvm,snapshot"
+        assert "test" in await hv.running_domains()
+        conn = await trio.to_thread.run_sync(_test_conn)
+        dom = await trio.to_thread.run_sync(conn.createXML, DOMAIN_XML.format(name="ev1"), 0)
+        with trio.fail_after(5):
+            while ("ev1", libvirt.VIR_DOMAIN_EVENT_STARTED) not in events:
+                await trio.sleep(0.02)
+        await trio.to_thread.run_sync(dom.destroy)
+        with trio.fail_after(5):
+            while ("ev1", libvirt.VIR_DOMAIN_EVENT_STOPPED) not in events:
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+
+
+async def test_unreachable_libvirtd_fails_fast_and_keeps_retrying() -> None:
+    hv = Hypervisor("qemu+tcp://127.0.0.1:1/system", max_backoff=0.2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hv.run)
+        assert not hv.connected
+        assert not await hv.healthy()
+        try:
+            await hv.call(lambda c: c.getInfo())
+        except HypervisorError as exc:
+            assert "libvirtd is not reachable" in str(exc)
+        else:
+            raise AssertionError("a call without libvirtd must fail")
+        nursery.cancel_scope.cancel()
+
+
+async def test_out_of_band_ping_within_a_second_of_a_vm_starting(tmp_path: Path) -> None:
+    async with running_ms(tmp_path, ping_interval=60) as ms:
+        config = agent_config(tmp_path, f"127.0.0.1:{ms.port}", agent_dir(tmp_path, ms.ca))
+        async with running_agent(config):
+            await ms.wait_for_host(GUID, timeout=10)
+            conn = await trio.to_thread.run_sync(_test_conn)
+            started = trio.current_time()
+            dom = await trio.to_thread.run_sync(conn.createXML, DOMAIN_XML.format(name="oob1"), 0)
+            _, request = await ms.wait_for_request(
+                lambda _g, r: (
+                    isinstance(r.commands[0], PingRoutingCommand)
+                    and r.commands[0].out_of_band
+                    and "oob1" in r.commands[0].host_vm_state_report
+                ),
+                timeout=5,
+            )
+            took = trio.current_time() - started
+            await trio.to_thread.run_sync(dom.destroy)
+    assert took < 1.0
+
+
+async def test_agent_stays_with_the_ms_while_libvirtd_is_away(tmp_path: Path) -> None:
+    async with running_ms(tmp_path, ping_interval=1) as ms:
+        config = agent_config(
+            tmp_path,
+            f"127.0.0.1:{ms.port}",
+            agent_dir(tmp_path, ms.ca),
+            **{"hypervisor.uri": "qemu+tcp://127.0.0.1:1/system"},
+        )
+        async with running_agent(config):
+            record = await ms.wait_for_host(GUID, timeout=10)
+            assert record.status == "Up"
+            (answer,) = await ms.send_command(GUID, [CheckHealthCommand()])
+            assert isinstance(answer, CheckHealthAnswer)
+            assert not answer.result
+            assert answer.details is not None and "libvirt" in answer.details
+            await trio.sleep(2.5)  # pings keep the session alive
+            assert ms.connected() == [GUID]
