@@ -67,7 +67,7 @@ async def test_out_of_band_ping_within_a_second_of_a_vm_starting(tmp_path: Path)
             conn = await trio.to_thread.run_sync(_test_conn)
             started = trio.current_time()
             dom = await trio.to_thread.run_sync(conn.createXML, DOMAIN_XML.format(name="oob1"), 0)
-            _, request = await ms.wait_for_request(
+            await ms.wait_for_request(
                 lambda _g, r: (
                     isinstance(r.commands[0], PingRoutingCommand)
                     and r.commands[0].out_of_band
