@@ -21,6 +21,8 @@ from protocol.messages import (
     MaintainCommand,
     MigrateAgentConnectionAnswer,
     MigrateAgentConnectionCommand,
+    MigrateCommand,
+    PrepareForMigrationCommand,
     ReadyAnswer,
     ReadyCommand,
     SetupMSListAnswer,
@@ -32,6 +34,7 @@ from protocol.model import Message
 if TYPE_CHECKING:
     from agent.config import AgentConfig
     from agent.hypervisor import Hypervisor
+    from agent.migration import Migrations
     from agent.state import StateStore
     from agent.tasks import TaskQueue
 
@@ -43,6 +46,9 @@ class AgentControl(Protocol):
     hypervisor: Hypervisor
     state: StateStore
     tasks: TaskQueue
+    migrations: Migrations
+
+    async def secured(self) -> bool: ...
 
     def set_ms_hosts(
         self,
@@ -93,6 +99,8 @@ class HandlerRegistry:
         registry.register(SetupMSListCommand, setup_ms_list)
         registry.register(MigrateAgentConnectionCommand, migrate_agent_connection)
         registry.register(ShutdownCommand, shutdown_from_ms)
+        registry.register(MigrateCommand, migrate)
+        registry.register(PrepareForMigrationCommand, prepare_for_migration)
         return registry
 
 
@@ -152,3 +160,11 @@ async def migrate_agent_connection(
 async def shutdown_from_ms(cmd: ShutdownCommand, ctx: CommandContext) -> Message:
     ctx.agent.stop_by_ms(f"{cmd.reason or 'unknown'}: {cmd.detail or ''}".strip(": "))
     return Answer(result=True)
+
+
+async def migrate(cmd: MigrateCommand, ctx: CommandContext) -> Message:
+    return await ctx.agent.migrations.migrate(cmd, secured=await ctx.agent.secured())
+
+
+async def prepare_for_migration(cmd: PrepareForMigrationCommand, ctx: CommandContext) -> Message:
+    return await ctx.agent.migrations.prepare(cmd, secured=await ctx.agent.secured())

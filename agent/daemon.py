@@ -20,6 +20,7 @@ from agent import logs, pki
 from agent.commands import HandlerRegistry
 from agent.config import AgentConfig, ConfigError, LbAlgorithm
 from agent.hypervisor import Hypervisor
+from agent.migration import Migrations
 from agent.sdnotify import Notifier
 from agent.session import AgentSession, OutcomeKind
 from agent.state import StateStore
@@ -70,6 +71,7 @@ class Agent:
             config.hypervisor_uri, private_device=config.private_network_device
         )
         self.state = StateStore(config.state_dir)
+        self.migrations = Migrations(config, self.hypervisor)
         self.handle_signals = handle_signals
         self.tasks: TaskQueue = None  # type: ignore[assignment]  # set by run()
         self.session: AgentSession | None = None

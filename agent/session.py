@@ -56,8 +56,6 @@ class SessionOutcome:
 class AgentServices(AgentControl, Protocol):
     handlers: HandlerRegistry
 
-    async def secured(self) -> bool: ...
-
     def set_backoff(self, seconds: float) -> None: ...
 
 

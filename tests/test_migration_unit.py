@@ -1,0 +1,87 @@
+"""Migration logic that needs no second host: libvirt's test driver and pure helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.migration import rewrite_graphics_listen, timeout_for
+from agent.migration_errors import diagnose
+from protocol.messages import (
+    MigrateAnswer,
+    MigrateCommand,
+    PrepareForMigrationAnswer,
+    PrepareForMigrationCommand,
+)
+from tests.agent_env import agent_config, agent_dir, guid_of, running_agent, running_ms
+
+GUID = guid_of("agent1")
+
+
+def test_timeout_is_the_smaller_positive_limit() -> None:
+    assert timeout_for(600, -1) == 600
+    assert timeout_for(0, 30) == 30
+    assert timeout_for(600, 30) == 30
+    assert timeout_for(0, -1) is None
+
+
+def test_graphics_listen_points_at_the_destination() -> None:
+    xml = (
+        "<domain><devices><graphics type='vnc' port='-1' listen='10.0.0.1'>"
+        "<listen type='address' address='10.0.0.1'/></graphics></devices></domain>"
+    )
+    out = rewrite_graphics_listen(xml, "10.0.0.2")
+    assert "10.0.0.1" not in out and out.count("10.0.0.2") == 2
+
+
+def test_diagnoses_name_the_file_and_host() -> None:
+    d = diagnose(
+        "authentication failed: Failed to verify peer's certificate",
+        vm="v",
+        source="this host",
+        dest="10.0.0.2",
+        uri="qemu+tls://10.0.0.2/system",
+    )
+    assert "10.0.0.2" in d.summary and "/etc/pki/libvirt/servercert.pem" in d.check
+    d = diagnose(
+        "unable to connect to server at '10.0.0.2:16514': Connection refused",
+        vm="v",
+        source="this host",
+        dest="10.0.0.2",
+        uri="qemu+tls://10.0.0.2/system",
+    )
+    assert (
+        d.summary == "Migration was refused connection to destination: qemu+tls://10.0.0.2/system"
+    )
+    assert "16514" in d.check
+
+
+async def test_failed_migration_leaves_the_vm_running_and_defined(tmp_path: Path) -> None:
+    # The test driver refuses peer-to-peer migration: a real libvirt failure.
+    async with running_ms(tmp_path, ping_interval=1) as ms:
+        config = agent_config(tmp_path, f"127.0.0.1:{ms.port}", agent_dir(tmp_path, ms.ca))
+        async with running_agent(config) as agent:
+            await ms.wait_for_host(GUID, timeout=10)
+            (answer,) = await ms.send_command(
+                GUID, [MigrateCommand(vm_name="test", dest_ip="127.0.0.1", wait=30)]
+            )
+            assert isinstance(answer, MigrateAnswer) and not answer.result
+            assert answer.details is not None
+            assert "Migration of test to 127.0.0.1 failed" in answer.details
+            assert "still running on this host" in answer.details
+            running = await agent.hypervisor.running_domains()
+            assert running.get("test") == "running"
+            persistent = await agent.hypervisor.call(
+                lambda c: c.lookupByName("test").isPersistent()
+            )
+            assert persistent
+
+            (answer,) = await ms.send_command(
+                GUID, [MigrateCommand(vm_name="no-such-vm", dest_ip="127.0.0.1")]
+            )
+            assert not answer.result  # type: ignore[attr-defined]
+            assert "not running on this host (not defined)" in answer.details  # type: ignore[attr-defined]
+
+            (prepared,) = await ms.send_command(
+                GUID, [PrepareForMigrationCommand(vm={"name": "incoming-vm"})]
+            )
+            assert prepared == PrepareForMigrationAnswer(result=True)
