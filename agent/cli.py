@@ -1,40 +1,121 @@
-"""``kvm-agent``: run the daemon (and, later, the certificate and setup tools)."""
+"""``kvm-agent``: the daemon and the tools the management server runs over SSH.
+
+Exit codes: 0 done; 1 refused (invalid certificate, nothing changed); 2 usage;
+10 stopped by the management server; 78 configuration error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import trio
-
-from agent import __version__, logs
+from agent import __version__
 from agent.config import DEFAULT_CONFIG, AgentConfig, ConfigError
-from agent.daemon import EXIT_CONFIG, Agent
+
+EXIT_REFUSED = 1
+EXIT_CONFIG = 78
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvm-agent", description="KVM host agent for CloudStack")
     parser.add_argument("--version", action="version", version=f"kvm-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+
     run = sub.add_parser("run", help="run the agent daemon")
     run.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="agent.properties")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="override a property")
+
+    ks = sub.add_parser("keystore-setup", help="new private key and CSR (printed to stdout)")
+    ks.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    ks.add_argument("--cert-dir", type=Path, help="default: cert.dir of agent.properties")
+
+    imp = sub.add_parser("keystore-cert-import", help="validate and install a certificate")
+    imp.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    imp.add_argument("--cert-dir", type=Path, help="default: cert.dir of agent.properties")
+    imp.add_argument("--cert", type=Path, required=True, help="PEM certificate (- for stdin)")
+    imp.add_argument("--ca", type=Path, required=True, help="PEM CA chain")
+    imp.add_argument("--key", type=Path, help="PEM private key (default: the pending key)")
+    imp.add_argument("--no-link", action="store_true", help="do not link libvirt's PKI paths")
+    imp.add_argument("--root", type=Path, help="system root for the PKI paths (default: /)")
+
+    try:
+        _setup_tool().add_parser(sub)
+    except ModuleNotFoundError:  # a partial install without the setup tool
+        pass
     return parser
+
+
+def _setup_tool() -> Any:
+    return importlib.import_module("agent.setup_libvirtd")
+
+
+def _cert_dir(args: argparse.Namespace) -> Path:
+    if args.cert_dir is not None:
+        return Path(args.cert_dir)
+    if args.config.exists():
+        from agent.config import read_properties
+
+        props = read_properties(args.config)
+        if props.get("cert.dir"):
+            return Path(props["cert.dir"])
+    return Path(args.config).parent
+
+
+def _read(path: Path) -> bytes:
+    return sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+
+
+def keystore_setup(args: argparse.Namespace) -> int:
+    from agent.certificates import host_identity
+    from agent.certstore import CertStore
+
+    fqdn, names, ips = host_identity()
+    csr = CertStore(_cert_dir(args)).new_csr(fqdn, names, ips)
+    sys.stdout.write(csr.decode())
+    return 0
+
+
+def keystore_cert_import(args: argparse.Namespace) -> int:
+    from agent.certs import CertificateError
+    from agent.certstore import CertStore
+
+    store = CertStore(_cert_dir(args))
+    try:
+        key = _read(args.key) if args.key else None
+        info = store.install(_read(args.cert), _read(args.ca), key)
+        if not args.no_link:
+            store.link_pki(args.root or Path("/"))
+    except (CertificateError, OSError) as exc:
+        print(f"kvm-agent: certificate rejected, nothing changed: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"installed {info.subject}, valid until {info.not_after:%Y-%m-%d}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "run":
-        try:
-            config = AgentConfig.load(args.config, args.overrides)
-        except ConfigError as exc:
-            print(f"kvm-agent: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
-        logs.configure(config.log_level)
-        return trio.run(Agent(config).run)
-    return 2
+    try:
+        if args.command == "keystore-setup":
+            return keystore_setup(args)
+        if args.command == "keystore-cert-import":
+            return keystore_cert_import(args)
+        if args.command == "setup":
+            return int(_setup_tool().run(args))
+        config = AgentConfig.load(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"kvm-agent: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    import trio
+
+    from agent import logs
+    from agent.daemon import Agent
+
+    logs.configure(config.log_level)
+    return trio.run(Agent(config).run)
 
 
 if __name__ == "__main__":

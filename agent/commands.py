@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from attrs import frozen
 
+from agent import certificates
 from agent.config import LbAlgorithm, parse_algorithm
 from protocol.messages import (
     Answer,
@@ -25,6 +26,8 @@ from protocol.messages import (
     PrepareForMigrationCommand,
     ReadyAnswer,
     ReadyCommand,
+    SetupCertificateCommand,
+    SetupKeyStoreCommand,
     SetupMSListAnswer,
     SetupMSListCommand,
     ShutdownCommand,
@@ -58,6 +61,8 @@ class AgentControl(Protocol):
     ) -> None: ...
 
     def stop_by_ms(self, reason: str) -> None: ...
+
+    def schedule_tls_reload(self) -> None: ...
 
 
 class SessionControl(Protocol):
@@ -101,6 +106,8 @@ class HandlerRegistry:
         registry.register(ShutdownCommand, shutdown_from_ms)
         registry.register(MigrateCommand, migrate)
         registry.register(PrepareForMigrationCommand, prepare_for_migration)
+        registry.register(SetupKeyStoreCommand, certificates.setup_keystore)
+        registry.register(SetupCertificateCommand, certificates.setup_certificate)
         return registry
 
 
@@ -167,4 +174,6 @@ async def migrate(cmd: MigrateCommand, ctx: CommandContext) -> Message:
 
 
 async def prepare_for_migration(cmd: PrepareForMigrationCommand, ctx: CommandContext) -> Message:
-    return await ctx.agent.migrations.prepare(cmd, secured=await ctx.agent.secured())
+    return await ctx.agent.migrations.prepare(
+        cmd, secured=await ctx.agent.secured(), root=ctx.agent.config.pki_root
+    )

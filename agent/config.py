@@ -128,9 +128,12 @@ _KEYS: dict[str, tuple[str, Any, str | None]] = {
     "migration.max.incoming": ("max_incoming_migrations", lambda k: _int(k, 1), "2"),
     "libvirtd.tls.enabled": ("libvirtd_tls_enabled", _bool, "false"),
     "cert.expiry.warn.days": ("cert_expiry_warn_days", lambda k: _int(k, 0), "30"),
+    "libvirtd.reload": ("libvirtd_reload", _str, "auto"),
+    "pki.root": ("pki_root", _str, "/"),
     "keystore.passphrase": ("keystore_passphrase", _str, ""),
 }
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+_RELOAD_MODES = ("auto", "update-tls", "restart", "none")
 
 
 @frozen
@@ -171,6 +174,8 @@ class AgentConfig:
     max_incoming_migrations: int
     libvirtd_tls_enabled: bool
     cert_expiry_warn_days: int
+    libvirtd_reload: str
+    pki_root: Path
     keystore_passphrase: str = attrs.field(repr=False)
     extra: Mapping[str, str] = attrs.field(factory=dict, repr=False)  # keys we do not read
 
@@ -192,6 +197,12 @@ class AgentConfig:
         default_cert_dir = path.parent if path is not None else Path.cwd()
         values["cert_dir"] = Path(values["cert_dir"]) if values["cert_dir"] else default_cert_dir
         values["state_dir"] = Path(values["state_dir"])
+        values["pki_root"] = Path(values["pki_root"] or "/")
+        if values["libvirtd_reload"] not in _RELOAD_MODES:
+            raise ConfigError(
+                f"invalid value for 'libvirtd.reload': {values['libvirtd_reload']!r} "
+                f"(expected one of {', '.join(_RELOAD_MODES)})"
+            )
         extra = {k: v for k, v in props.items() if k not in _KEYS}
         return cls(path=path, extra=extra, **values)
 

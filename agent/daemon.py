@@ -17,6 +17,7 @@ import structlog
 import trio
 
 from agent import logs, pki
+from agent.certificates import reload_libvirtd
 from agent.commands import HandlerRegistry
 from agent.config import AgentConfig, ConfigError, LbAlgorithm
 from agent.hypervisor import Hypervisor
@@ -32,7 +33,6 @@ from protocol import Session
 
 EXIT_OK = 0
 EXIT_STOPPED_BY_MS = 10  # the MS sent ShutdownCommand: systemd must not restart us
-EXIT_CONFIG = 78  # EX_CONFIG
 
 log = structlog.get_logger("agent.daemon")
 _STATE_CHANGES = {
@@ -86,6 +86,8 @@ class Agent:
         self._pending: tuple[str, MessageStream] | None = None
         self.security: pki.SecurityReport | None = None
         self._connector = connector or self._connect
+        self._nursery: trio.Nursery | None = None
+        self._tls_reload_wanted = trio.Event()
 
     # --- AgentServices --------------------------------------------------------------
 
@@ -93,7 +95,9 @@ class Agent:
         """Evaluated at every registration: certificates, libvirtd TLS, QEMU TLS files."""
         cfg = self.config
         report = await trio.to_thread.run_sync(
-            lambda: pki.evaluate(cfg.cert_dir, tls_enabled_setting=cfg.libvirtd_tls_enabled)
+            lambda: pki.evaluate(
+                cfg.cert_dir, tls_enabled_setting=cfg.libvirtd_tls_enabled, root=cfg.pki_root
+            )
         )
         if report.secured:
             log.info(
@@ -135,6 +139,29 @@ class Agent:
             lb_check_interval=self._lb_check_interval,
         )
 
+    def schedule_tls_reload(self) -> None:
+        """A new certificate was installed: reload libvirtd's TLS once nothing runs."""
+        self._tls_reload_wanted.set()
+
+    async def _tls_reloader(self) -> None:
+        while True:
+            await self._tls_reload_wanted.wait()
+            self._tls_reload_wanted = trio.Event()  # imports from now on ask again
+            log.info(
+                "new certificate: libvirtd reload waits until no command is running",
+                in_flight=self.tasks.in_flight,
+            )
+            await self.tasks.wait_idle()
+            log.info("no command running: reloading libvirtd's TLS files")
+            try:
+                how = await trio.to_thread.run_sync(reload_libvirtd, self.config.libvirtd_reload)
+                log.info("libvirtd uses the new certificate", how=how)
+            except RuntimeError as exc:
+                log.error("libvirtd reload failed; it keeps its old certificate", error=str(exc))
+            if self.session is not None:
+                log.info("registering again with the new certificate")
+                self.session.finish(OutcomeKind.RECONNECT, "new certificate installed")
+
     def stop_by_ms(self, reason: str) -> None:
         log.warning("management server told the agent to shut down", reason=reason)
         self.exit_code = EXIT_STOPPED_BY_MS
@@ -164,6 +191,8 @@ class Agent:
                     nursery.start_soon(self._signals)
                 if (interval := self.notifier.watchdog_interval()) is not None:
                     nursery.start_soon(self._watchdog, interval)
+                self._nursery = nursery
+                nursery.start_soon(self._tls_reloader)
                 self.hypervisor.lifecycle_listeners.append(self._on_domain_event)
                 await nursery.start(self.hypervisor.run)
                 await self._supervise()
@@ -245,6 +274,8 @@ class Agent:
             self.notifier.status(f"lost {host}: {outcome.reason}")
         elif outcome.kind is OutcomeKind.MOVE and self._pending is None:
             self.cycler.moved()
+        elif outcome.kind is OutcomeKind.RECONNECT:
+            self.cycler.reconnect(host)
 
     async def _announce(self, session: AgentSession, host: str) -> None:
         await session.registered.wait()

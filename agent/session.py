@@ -44,6 +44,7 @@ class OutcomeKind(enum.Enum):
     LOST = "lost"  # connection lost or MS silent: try the next MS at once
     REFUSED = "refused"  # startup or ready refused: retry this MS later
     MOVE = "move"  # the MS told us to go elsewhere: reconnect at once
+    RECONNECT = "reconnect"  # same MS, new connection at once (a new certificate)
     STOP = "stop"  # shutdown (signal or MS): do not reconnect
 
 

@@ -78,6 +78,12 @@ class HostCycler:
     def connected(self, host: str) -> None:
         self._not_before.pop(host, None)
 
+    def reconnect(self, host: str) -> None:
+        """Connect to the same host again, at once."""
+        self._not_before.pop(host, None)
+        if host in self._order:
+            self._pos = self._order.index(host)
+
     def moved(self) -> None:
         """The MS sent a new list to move to: start it from its first host, now."""
         self._pos = 0
