@@ -9,12 +9,15 @@ Structure (one trio nursery as supervisor):
 
 from __future__ import annotations
 
+import datetime as dt
 import signal
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 import libvirt
 import structlog
 import trio
+from cryptography import x509
 
 from agent import logs, pki
 from agent.certificates import reload_libvirtd
@@ -27,7 +30,7 @@ from agent.session import AgentSession, OutcomeKind
 from agent.state import StateStore
 from agent.supervisor import HostCycler, probe_preferred, sleep_unless
 from agent.tasks import TaskQueue
-from agent.tls import TLSConfigError, client_context
+from agent.tls import CERT_FILE, TLSConfigError, client_context
 from agent.transport import ConnectionLost, MessageStream
 from protocol import Session
 
@@ -35,6 +38,29 @@ EXIT_OK = 0
 EXIT_STOPPED_BY_MS = 10  # the MS sent ShutdownCommand: systemd must not restart us
 
 log = structlog.get_logger("agent.daemon")
+
+
+def expiry_warning(cert_dir: Path, warn_days: int) -> tuple[str, str] | None:
+    """("warning"|"error", text) when cloud.crt expires within ``warn_days`` or has expired."""
+    try:
+        cert = x509.load_pem_x509_certificate((cert_dir / CERT_FILE).read_bytes())
+    except (OSError, ValueError):
+        return None  # no certificate yet: nothing to warn about
+    left = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
+    if left.total_seconds() <= 0:
+        return "error", (
+            f"host certificate {cert_dir / CERT_FILE} EXPIRED on "
+            f"{cert.not_valid_after_utc:%Y-%m-%d}: the host registers as unsecured and "
+            "libvirtd may refuse to start; provision a new certificate"
+        )
+    if left.days < warn_days:
+        return "warning", (
+            f"host certificate {cert_dir / CERT_FILE} expires in {left.days} days "
+            f"({cert.not_valid_after_utc:%Y-%m-%d}); provision a new one"
+        )
+    return None
+
+
 _STATE_CHANGES = {
     libvirt.VIR_DOMAIN_EVENT_STARTED: "started",
     libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
@@ -162,6 +188,17 @@ class Agent:
                 log.info("registering again with the new certificate")
                 self.session.finish(OutcomeKind.RECONNECT, "new certificate installed")
 
+    async def _expiry_watch(self, interval: float = 24 * 3600) -> None:
+        """Once a day: warn while the certificate nears its end, loudly once it is past."""
+        while True:
+            warning = await trio.to_thread.run_sync(
+                lambda: expiry_warning(self.config.cert_dir, self.config.cert_expiry_warn_days)
+            )
+            if warning is not None:
+                level, text = warning
+                (log.error if level == "error" else log.warning)(text)
+            await trio.sleep(interval)
+
     def stop_by_ms(self, reason: str) -> None:
         log.warning("management server told the agent to shut down", reason=reason)
         self.exit_code = EXIT_STOPPED_BY_MS
@@ -193,6 +230,7 @@ class Agent:
                     nursery.start_soon(self._watchdog, interval)
                 self._nursery = nursery
                 nursery.start_soon(self._tls_reloader)
+                nursery.start_soon(self._expiry_watch)
                 self.hypervisor.lifecycle_listeners.append(self._on_domain_event)
                 await nursery.start(self.hypervisor.run)
                 await self._supervise()

@@ -322,3 +322,45 @@ async def test_in_band_provisioning_reload_waits_for_running_commands(tmp_path: 
         assert "PRIVATE KEY" not in text and secret not in text
         assert not any(line in text for line in key_lines)
         assert "BEGIN CERTIFICATE" not in text  # no certificate bodies either
+
+
+def test_expiry_warnings(tmp_path: Path, cloud_ca: LabCA) -> None:
+    import datetime as dt
+
+    from agent.daemon import expiry_warning
+
+    now = dt.datetime.now(dt.UTC)
+    assert expiry_warning(tmp_path, 30) is None  # no certificate yet
+    key, cert = cloud_ca.issue(
+        "soon", not_before=now - 10 * dt.timedelta(days=1), not_after=now + dt.timedelta(days=10)
+    )
+    write_set(tmp_path, key, cert, cloud_ca.cert_pem)
+    level, text = expiry_warning(tmp_path, 30) or ("", "")
+    assert level == "warning" and "expires in 9 days" in text
+    assert expiry_warning(tmp_path, 5) is None
+    key, cert = expired(cloud_ca)
+    write_set(tmp_path, key, cert, cloud_ca.cert_pem)
+    level, text = expiry_warning(tmp_path, 30) or ("", "")
+    assert level == "error" and "EXPIRED" in text
+
+
+def test_secured_needs_valid_certificates_libvirtd_tls_and_qemu_files(
+    tmp_path: Path, cloud_ca: LabCA
+) -> None:
+    from agent.pki import evaluate
+
+    certs, root = tmp_path / "certs", tmp_path / "root"
+    store = CertStore(certs)
+    store.install(_signed(cloud_ca, store), cloud_ca.cert_pem)
+    report = evaluate(certs, tls_enabled_setting=False, root=root)
+    assert not report.secured and len(report.reasons) == 2  # no libvirtd TLS, no QEMU files
+    store.link_pki(root)
+    assert not evaluate(certs, tls_enabled_setting=False, root=root).secured
+    assert evaluate(certs, tls_enabled_setting=True, root=root).secured
+    (root / "etc/libvirt").mkdir(parents=True)
+    (root / "etc/libvirt/libvirtd.conf").write_text("# listen_tls = 0\nlisten_tls = 1\n")
+    assert evaluate(certs, tls_enabled_setting=False, root=root).secured
+    key, cert = expired(cloud_ca)
+    write_set(tmp_path / "expired", key, cert, cloud_ca.cert_pem)
+    report = evaluate(tmp_path / "expired", tls_enabled_setting=True, root=root)
+    assert not report.secured and "expired" in report.reasons[0]
