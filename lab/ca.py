@@ -44,7 +44,7 @@ def _new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def _key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -270,8 +270,12 @@ class LabCA:
         not_before: dt.datetime | None = None,
         not_after: dt.datetime | None = None,
     ) -> tuple[bytes, bytes]:
-        """(key PEM, certificate PEM) for tests; pass dates in the past for an expired one."""
-        key = _new_key()
+        """(key PEM, certificate PEM) for tests; pass dates in the past for an expired one.
+
+        RSA, as CloudStack issues: libvirt refuses a certificate whose key usage lacks
+        keyEncipherment, which only an RSA key carries here.
+        """
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         now = _now()
         start = not_before or now - _CLOCK_SKEW
         end = not_after or start + dt.timedelta(days=validity_days)

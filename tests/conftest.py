@@ -7,6 +7,8 @@ import pytest
 import trustme
 from hypothesis import HealthCheck, settings
 
+from tests.conftest_lab import lab  # noqa: F401  (the session's two-host lab)
+
 # CI fuzzes every decoder with at least 10,000 examples; local runs stay quick.
 settings.register_profile(
     "ci", max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
