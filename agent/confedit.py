@@ -107,7 +107,7 @@ def _set_one(lines: list[str], key: str, value: str, separator: str, header: str
     if out and not _split_eol(out[-1])[1]:
         out[-1] += "\n"
     if header not in (_split_eol(line)[0] for line in out):
-        out.extend(["\n", header + "\n"])
+        out.extend([*(["\n"] if out else []), header + "\n"])
     out.append(new_line + "\n")
     return out
 
