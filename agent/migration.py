@@ -231,15 +231,15 @@ class Migrations:
             return MigrateAnswer(result=True, details=f"{vm} migrated to {dest} in {elapsed:.1f}s")
 
         where = (
-            f"the VM is still running on this host ({source_state})"
+            f"The VM is still running on this host ({source_state})."
             if on_source
-            else f"the VM is NOT running on either host (source: {source_state}, destination: "
-            f"{dest_state}); it is still defined here, check both hosts"
+            else f"The VM is NOT running on either host (source: {source_state}, destination: "
+            f"{dest_state}); it is still defined here, check both hosts."
         )
         if monitor.timed_out:
             details = (
                 f"Migration of VM [{vm}] was cancelled by CloudStack due to time out after "
-                f"{int(limit or 0)} seconds; {where}"
+                f"{int(limit or 0)} seconds. {where}"
             )
         else:
             reason = error or f"the VM is on neither host as expected (destination: {dest_state})"

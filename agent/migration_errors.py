@@ -38,12 +38,12 @@ def diagnose(message: str, *, vm: str, source: str, dest: str, uri: str) -> Diag
             f"on {source}: /etc/pki/libvirt/clientcert.pem and /etc/pki/CA/cacert.pem must "
             "come from the same CA (re-provision this host's certificate)",
         )
-    if (m := re.search(r"cannot read ca certificate '([^']+)'", low)) is not None:
+    if (m := re.search(r"cannot read ca certificate '([^']+)'", text, re.I)) is not None:
         return Diagnosis(
             f"the CA certificate {m.group(1)} is missing on {source}",
             f"on {source}: provision certificates, then run `kvm-agent setup --secure-libvirtd`",
         )
-    if (m := re.search(r"unable to access credentials (\S+?):?\s", text + " ")) is not None:
+    if (m := re.search(r"unable to access credentials (\S+?):?\s", text + " ", re.I)) is not None:
         return Diagnosis(
             f"QEMU's TLS credentials ({m.group(1)}) are missing on the destination {dest}",
             f"on {dest}: /etc/pki/qemu/ must hold ca-cert.pem, server-cert.pem, "

@@ -67,7 +67,7 @@ async def test_failed_migration_leaves_the_vm_running_and_defined(tmp_path: Path
             assert isinstance(answer, MigrateAnswer) and not answer.result
             assert answer.details is not None
             assert "Migration of test to 127.0.0.1 failed" in answer.details
-            assert "still running on this host" in answer.details
+            assert "The VM is still running on this host" in answer.details
             running = await agent.hypervisor.running_domains()
             assert running.get("test") == "running"
             persistent = await agent.hypervisor.call(
