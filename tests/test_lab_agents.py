@@ -15,9 +15,9 @@ import pytest
 import trio
 
 from lab.ca import LabCA
+from lab.cloud import LabCloud as Cloud
 from lab.hosts import Lab, count_marker
 from tests.conftest_lab import LAB_DIR
-from tests.lab_cloud import Cloud
 
 pytestmark = pytest.mark.lab
 VM = "guest1"
@@ -39,7 +39,7 @@ def cloud(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]
     _clear_guest(lab)
     c = Cloud(lab, tmp_path_factory.mktemp("cloud"), LabCA.load(LAB_DIR / "ca"))
     try:
-        c.start_ms()
+        c.start_ms("ms1", "a")
         c.start_agent("a")
         c.start_agent("b")
         lab.hosts["a"].define_guest(VM)
@@ -47,7 +47,9 @@ def cloud(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]
         yield c
     finally:
         c.close()
-        _clear_guest(lab)
+        # The agents re-linked the hosts' PKI and reloaded libvirtd: give the next module
+        # the lab as it was built.
+        lab.rebuild()
 
 
 def _libvirtd_pid(lab: Lab, name: str) -> str:

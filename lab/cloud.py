@@ -1,0 +1,228 @@
+"""A small cloud on the two-host lab: lab management servers inside the hosts' network
+namespaces, and one real agent process inside each hypervisor host.
+
+Used by the end-to-end tests and by ``make demo``. Blocking process control is plain
+Python; talking to the MSes (their unix control sockets) is async (trio).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+from attrs import define
+
+from lab.ca import LabCA
+from lab.control import control_request
+from lab.hosts import Lab
+
+ROOT = Path(__file__).resolve().parent.parent
+MS_PORT = 8250
+GUID_SUFFIX = "-LibvirtComputingResource"
+
+
+@define
+class MsProcess:
+    name: str
+    host: str  # the lab host whose network namespace it runs in
+    address: str  # ip:port the agents dial
+    directory: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def control(self) -> Path:
+        return self.directory / "control.sock"
+
+
+class LabCloud:
+    def __init__(self, lab: Lab, base: Path, ca: LabCA) -> None:
+        self.lab, self.base, self.ca = lab, base, ca
+        self.mses: dict[str, MsProcess] = {}
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+
+    # --- management servers ---------------------------------------------------------
+
+    def start_ms(self, name: str, host: str, *, ping_interval: int = 2) -> MsProcess:
+        directory = self.base / name
+        directory.mkdir(parents=True, exist_ok=True)
+        if not (directory / "ca").exists():
+            shutil.copytree(self.ca.directory, directory / "ca")  # one CA per cloud
+        address = f"{self.lab.hosts[host].ip}:{MS_PORT}"
+        proc = self.lab.hosts[host].popen(
+            [
+                sys.executable,
+                "-m",
+                "lab.mgmt",
+                "serve",
+                "--listen",
+                address,
+                "--state-dir",
+                str(directory),
+                "--ping-interval",
+                str(ping_interval),
+            ],
+            cwd=ROOT,
+            stdout=(self.base / f"{name}.log").open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        ms = MsProcess(name, host, address, directory, proc)
+        deadline = time.monotonic() + 30
+        while not ms.control.exists():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{name} did not start; see {self.base / f'{name}.log'}")
+            time.sleep(0.05)
+        self.mses[name] = ms
+        return ms
+
+    def kill_ms(self, name: str) -> None:
+        """SIGKILL, as a crashed server: its connections drop without a goodbye."""
+        ms = self.mses.pop(name)
+        ms.proc.send_signal(signal.SIGKILL)
+        ms.proc.wait()
+
+    # --- agents ---------------------------------------------------------------------
+
+    def agent_dir(self, name: str) -> Path:
+        return self.base / f"agent-{name}"
+
+    def start_agent(self, name: str, *overrides: str, ms: list[str] | None = None) -> None:
+        host = self.lab.hosts[name]
+        home = self.agent_dir(name)
+        certs = home / "certs"
+        certs.mkdir(parents=True, exist_ok=True)
+        if not (certs / "cloud.ca.crt").exists():
+            (certs / "cloud.ca.crt").write_bytes(self.ca.cert_pem)  # trust only, no cert yet
+        hosts = ",".join(self.mses[m].address for m in (ms or list(self.mses)))
+        props = home / "agent.properties"
+        props.write_text(
+            f"guid={name}\nhost={hosts}\ncert.dir={certs}\nstate.dir={home / 'state'}\n"
+            f"private.network.device={host.veth}\n"
+            "backoff.seconds=1\nping.retries=3\nlog.level=debug\n"
+        )
+        self.agents[name] = host.popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(props), *overrides],
+            cwd=ROOT,
+            stdout=(home / "agent.log").open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+
+    def stop_agent(self, name: str) -> int:
+        proc = self.agents.pop(name)
+        proc.terminate()
+        try:
+            return proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+    def log_events(self, name: str) -> list[dict[str, Any]]:
+        path = self.agent_dir(name) / "agent.log"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+    def close(self) -> None:
+        for name in list(self.agents):
+            self.stop_agent(name)
+        for ms in list(self.mses.values()):
+            ms.proc.terminate()
+            try:
+                ms.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                ms.proc.kill()
+                ms.proc.wait()
+        self.mses.clear()
+
+    # --- talking to a management server --------------------------------------------
+
+    def _ms(self, ms: str | None) -> MsProcess:
+        return self.mses[ms] if ms else next(iter(self.mses.values()))
+
+    async def hosts(self, ms: str | None = None) -> dict[str, dict[str, Any]]:
+        reply = await control_request(self._ms(ms).control, {"op": "hosts"})
+        return {h["guid"].removesuffix(GUID_SUFFIX): h for h in reply["hosts"]}
+
+    async def wait_host(
+        self,
+        name: str,
+        *,
+        secured: bool | None = None,
+        ms: str | None = None,
+        timeout: float = 30,
+        poll: float = 0.2,
+    ) -> dict[str, Any]:
+        with trio.fail_after(timeout):
+            while True:
+                host = (await self.hosts(ms)).get(name)
+                if (
+                    host
+                    and host["connected"]
+                    and host["status"] == "Up"
+                    and (secured is None or host["secured"] == secured)
+                ):
+                    return host
+                await trio.sleep(poll)
+
+    async def send(
+        self, name: str, item: dict[str, Any], *, ms: str | None = None, timeout: float = 120
+    ) -> dict[str, Any]:
+        """Send one command; returns the answer's fields."""
+        reply = await control_request(
+            self._ms(ms).control,
+            {"op": "send", "host": name + GUID_SUFFIX, "commands": [item], "timeout": timeout},
+        )
+        if not reply.get("ok"):
+            raise RuntimeError(reply.get("error"))
+        ((_cls, fields),) = reply["answers"][0].items()
+        return dict(fields)
+
+    async def migrate(
+        self, vm: str, source: str, dest: str, *, ms: str | None = None, timeout: float = 120
+    ) -> dict[str, Any]:
+        """The MS's migration (PrepareForMigration on dest, Migrate on source); the reply."""
+        return await control_request(
+            self._ms(ms).control,
+            {
+                "op": "migrate",
+                "vm": vm,
+                "source": source + GUID_SUFFIX,
+                "destination": dest + GUID_SUFFIX,
+                "timeout": timeout,
+            },
+        )
+
+    async def provision(self, name: str, *, ms: str | None = None) -> dict[str, Any]:
+        """In-band, as the real MS does: SetupKeyStoreCommand, sign the CSR, install."""
+        keystore = await self.send(
+            name,
+            {
+                "org.apache.cloudstack.ca.SetupKeyStoreCommand": {
+                    "validityDays": 365,
+                    "keystorePassword": "lab-keystore-pass",
+                    "handleByAgent": True,
+                }
+            },
+            ms=ms,
+        )
+        if not keystore.get("result") or "CERTIFICATE REQUEST" not in keystore.get("csr", ""):
+            raise RuntimeError(f"{name}: no CSR: {keystore.get('details')}")
+        cert = self.ca.sign_csr(keystore["csr"].encode())
+        return await self.send(
+            name,
+            {
+                "org.apache.cloudstack.ca.SetupCertificateCommand": {
+                    "certificate": cert.decode(),
+                    "caCertificates": self.ca.cert_pem.decode(),
+                    "privateKey": "",
+                    "handleByAgent": True,
+                }
+            },
+            ms=ms,
+        )
