@@ -52,6 +52,10 @@ def say(text: str) -> None:
     print(f"[{int(elapsed // 60):02d}:{elapsed % 60:05.2f}] {text}", flush=True)
 
 
+def _flags(secured: dict[str, bool]) -> str:
+    return ", ".join(f"{name.upper()}={str(value).lower()}" for name, value in secured.items())
+
+
 def missing_parts() -> str | None:
     if os.geteuid() != 0:
         return "the two-host lab needs root"
@@ -77,12 +81,12 @@ async def _show_progress(cloud: LabCloud, host: str, stop: trio.Event) -> None:
 
 async def _migrate(
     cloud: LabCloud, lab: Lab, source: str, dest: str, ms: str, pcap: Path
-) -> tuple[dict[str, Any], float, int]:
+) -> tuple[dict[str, Any], float, str]:
     stop = trio.Event()
     started = time.monotonic()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_show_progress, cloud, source, stop)
-        with lab.capture(source, pcap):
+        with lab.capture(source, pcap) as cap:
             reply = await cloud.migrate(VM, source, dest, ms=ms)
         stop.set()
     took = time.monotonic() - started
@@ -92,7 +96,8 @@ async def _migrate(
     if not answer.get("result"):
         raise RuntimeError(f"migration failed: {answer.get('details')}")
     markers = await trio.to_thread.run_sync(count_marker, pcap)
-    return answer, took, markers
+    size = pcap.stat().st_size / 1e6
+    return answer, took, f"{markers} (capture: {cap.packets} packets, {size:.0f} MB)"
 
 
 async def full_story(base: Path) -> list[tuple[str, str]]:
@@ -134,11 +139,13 @@ async def full_story(base: Path) -> list[tuple[str, str]]:
                 f"{name.upper()}: key + CSR made by the agent, signed by the MS's CA, "
                 "installed; libvirtd reload waits for idle"
             )
+        after = {}
         for name in ("a", "b"):
             host = await cloud.wait_host(name, ms="ms1", secured=True)
+            after[name] = host["secured"]
             say(f"agent {name.upper()} registered again: secured={host['secured']}")
         summary.append(("provisioning (both hosts)", f"{time.monotonic() - t:.2f} s"))
-        summary.append(("secured after provisioning", "A=true, B=true"))
+        summary.append(("secured after provisioning", _flags(after)))
 
         say("migrating A -> B over qemu+tls with QEMU native TLS (capture on A's wire)")
         _, took, markers = await _migrate(cloud, lab, "a", "b", "ms1", base / "tls-ab.pcap")
