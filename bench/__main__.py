@@ -13,7 +13,8 @@ from typing import Any
 import trio
 
 from agent import logs
-from bench import codec, session
+from bench import codec, migration, session
+from lab.demo import missing_parts
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -45,6 +46,14 @@ def main() -> int:
     print("\n== session (real agent process, lab MS on loopback, mutual TLS) ==")
     results["session"] = trio.run(session.run)
     session.print_table(results["session"])
+    print("\n== migration (two-host lab, 128 MiB guest) ==")
+    reason = missing_parts()
+    if reason:
+        print(f"skipped: {reason}")
+        results["migration"] = {"skipped": reason}
+    else:
+        results["migration"] = trio.run(migration.run)
+        session.print_table({k: v for k, v in results["migration"].items() if k != "samples"})
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwritten to {RESULTS}")
