@@ -85,3 +85,27 @@ async def test_failed_migration_leaves_the_vm_running_and_defined(tmp_path: Path
                 GUID, [PrepareForMigrationCommand(vm={"name": "incoming-vm"})]
             )
             assert prepared == PrepareForMigrationAnswer(result=True)
+
+
+async def test_outgoing_migrations_beyond_the_limit_are_refused(tmp_path: Path) -> None:
+    from agent.config import AgentConfig
+    from agent.hypervisor import Hypervisor
+    from agent.migration import Migrations
+
+    config = AgentConfig.from_properties(
+        {"guid": "g", "state.dir": str(tmp_path), "migration.max.outgoing": "1"}
+    )
+    migrations = Migrations(config, Hypervisor("test:///default"))
+    migrations.outgoing = 1  # one migration already running
+    answer = await migrations.migrate(
+        MigrateCommand(vm_name="test", dest_ip="10.0.0.2"), secured=False
+    )
+    assert not answer.result
+    assert answer.details == (
+        "refusing to migrate test: 1 outgoing migrations already running "
+        "(migration.max.outgoing=1); retry later"
+    )
+    answer = await migrations.migrate(
+        MigrateCommand(vm_name="test", dest_ip="10.0.0.2", dest_secured=False), secured=True
+    )
+    assert not answer.result and "would cross the network in clear" in (answer.details or "")
