@@ -141,6 +141,14 @@ async def test_tcp_then_provisioning_then_native_tls_migration(
     assert await trio.to_thread.run_sync(lab.hosts["a"].wait_guest_filled, VM, 30) >= 0
     assert (cap.packets or 0) > 1000  # the migration did cross this wire
     assert await trio.to_thread.run_sync(count_marker, tmp_path / "tls.pcap") == 0
+    # No key material or keystore password in any log of the run (agents and MS).
+    for log_file in [cloud.agent_dir(n) / "agent.log" for n in ("a", "b")] + [
+        cloud.base / "ms1.log"
+    ]:
+        text = log_file.read_text()
+        assert "PRIVATE KEY" not in text and "lab-keystore-pass" not in text, log_file
+        key_lines = (cloud.agent_dir("a") / "certs" / "cloud.key").read_text().splitlines()[1:-1]
+        assert not any(line in text for line in key_lines)
     migrate_lines = [e for e in cloud.log_events("b") if e["event"] == "migration started"]
     assert (
         migrate_lines[-1]["uri"] == f"qemu+tls://{a.ip}/system" and migrate_lines[-1]["native_tls"]
