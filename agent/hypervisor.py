@@ -7,6 +7,7 @@ the connection lost; the next call reconnects.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -249,22 +250,16 @@ class Hypervisor:
         _model, mem_mib, cpus, mhz, nodes, sockets, _cores, _threads = info[:8]
         caps = ["hvm"] if "<os_type>hvm</os_type>" in caps_xml else []
         caps.append("snapshot")
-        self.last_facts = HostFacts(
+        self.last_facts = _facts(
+            os_facts,
+            private,
             cpus=int(cpus),
             cpu_sockets=int(nodes) * int(sockets),
             speed_mhz=int(mhz),
             memory=int(mem_mib) * 1024 * 1024,
-            dom0_min_memory=0,
             caps=",".join(caps),
             hypervisor_version=_version(int(hv_version)),
             libvirt_version=_version(int(lib_version)),
-            arch=os_facts.arch,
-            hostname=os_facts.hostname,
-            fqdn=os_facts.fqdn,
-            os_name=os_facts.os_name,
-            os_version=os_facts.os_version,
-            kernel=os_facts.kernel,
-            private=private,
         )
         return self.last_facts
 
@@ -279,6 +274,37 @@ class Hypervisor:
             return out
 
         return await self.call(domains)
+
+
+def _facts(
+    os_facts: hostinfo.OsFacts, private: hostinfo.Interface | None, **libvirt_facts: Any
+) -> HostFacts:
+    return HostFacts(
+        dom0_min_memory=0,
+        arch=os_facts.arch,
+        hostname=os_facts.hostname,
+        fqdn=os_facts.fqdn,
+        os_name=os_facts.os_name,
+        os_version=os_facts.os_version,
+        kernel=os_facts.kernel,
+        private=private,
+        **libvirt_facts,
+    )
+
+
+def os_only_facts(private_device: str = "") -> HostFacts:
+    """What registration can say while libvirtd is away and no earlier facts are known."""
+    return _facts(
+        hostinfo.os_facts(),
+        hostinfo.private_interface(private_device),
+        cpus=os.cpu_count() or 1,
+        cpu_sockets=1,
+        speed_mhz=0,
+        memory=hostinfo.total_memory(),
+        caps="hvm,snapshot",
+        hypervisor_version="",
+        libvirt_version="",
+    )
 
 
 _CLOSE_REASONS = {

@@ -19,7 +19,7 @@ from attrs import frozen
 from agent import __version__
 from agent.commands import AgentControl, CommandContext, HandlerRegistry
 from agent.config import parse_algorithm
-from agent.hypervisor import HostFacts, HypervisorError
+from agent.hypervisor import HypervisorError, os_only_facts
 from agent.tasks import QueueClosed, QueueFull
 from agent.transport import ConnectionLost, MessageStream, RequestTimeout
 from protocol import Request
@@ -187,7 +187,11 @@ class AgentSession:
                 "libvirt unavailable, registering with the last known facts", error=str(exc)
             )
             cached = agent.hypervisor.last_facts
-            facts = cached if cached is not None else await trio.to_thread.run_sync(_os_only_facts)
+            facts = (
+                cached
+                if cached is not None
+                else await trio.to_thread.run_sync(os_only_facts, cfg.private_network_device)
+            )
         private = facts.private
         state = agent.state.current
         return StartupRoutingCommand(
@@ -350,28 +354,3 @@ class AgentSession:
             )
         except ConnectionLost:
             pass
-
-
-def _os_only_facts() -> HostFacts:
-    import os
-
-    from agent import hostinfo
-
-    os_facts = hostinfo.os_facts()
-    return HostFacts(
-        cpus=os.cpu_count() or 1,
-        cpu_sockets=1,
-        speed_mhz=0,
-        memory=hostinfo.total_memory(),
-        dom0_min_memory=0,
-        caps="hvm,snapshot",
-        hypervisor_version="",
-        libvirt_version="",
-        arch=os_facts.arch,
-        hostname=os_facts.hostname,
-        fqdn=os_facts.fqdn,
-        os_name=os_facts.os_name,
-        os_version=os_facts.os_version,
-        kernel=os_facts.kernel,
-        private=hostinfo.private_interface(),
-    )

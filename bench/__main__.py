@@ -14,7 +14,7 @@ import trio
 
 from agent import logs
 from bench import codec, migration, session
-from lab.demo import missing_parts
+from lab.hosts import lab_unavailable
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -47,7 +47,7 @@ def main() -> int:
     results["session"] = trio.run(session.run)
     session.print_table(results["session"])
     print("\n== migration (two-host lab, 128 MiB guest) ==")
-    reason = missing_parts()
+    reason = lab_unavailable()
     if reason:
         print(f"skipped: {reason}")
         results["migration"] = {"skipped": reason}

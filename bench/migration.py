@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -25,10 +24,10 @@ import trio
 from agent import logs
 from lab.ca import LabCA
 from lab.cloud import ROOT, LabCloud
-from lab.hosts import Lab
+from lab.hosts import DEFAULT_WORKDIR, Lab
 
 VM = "guest1"
-WORKDIR = Path(os.environ.get("KVMLAB_DIR", "/var/tmp/kvm-agent-lab"))
+WORKDIR = DEFAULT_WORKDIR
 
 
 def _direct(lab: Lab, source: str, dest: str, *, tls: bool) -> float:

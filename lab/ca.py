@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import ssl
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final
@@ -22,6 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from agent.fsutil import atomic_write
 
 KEY_FILE: Final = "ca.key"
 CERT_FILE: Final = "ca.crt"
@@ -50,26 +50,6 @@ def _key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-
-
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Temp file in the same directory, fsync, rename: a reader never sees half a key."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)  # before any byte is written
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def san_entries(names: Iterable[str]) -> list[x509.GeneralName]:
@@ -143,9 +123,9 @@ class LabCA:
             )
             .sign(key, hashes.SHA256())
         )
-        _write_atomically(directory / KEY_FILE, _key_pem(key), 0o600)
-        _write_atomically(
-            directory / CERT_FILE, cert.public_bytes(serialization.Encoding.PEM), 0o644
+        atomic_write(directory / KEY_FILE, _key_pem(key), mode=0o600)
+        atomic_write(
+            directory / CERT_FILE, cert.public_bytes(serialization.Encoding.PEM), mode=0o644
         )
         return cls(directory, key, cert)
 

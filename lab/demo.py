@@ -13,7 +13,6 @@ test driver, with failover between two management servers on loopback.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile
@@ -26,24 +25,10 @@ import trio
 from agent import logs
 from lab.ca import LabCA
 from lab.cloud import LabCloud
-from lab.hosts import Lab, count_marker
-from lab.netns import env
+from lab.hosts import DEFAULT_WORKDIR, Lab, count_marker, lab_unavailable
 
 VM = "guest1"
-WORKDIR = Path(os.environ.get("KVMLAB_DIR", "/var/tmp/kvm-agent-lab"))
-_TOOLS = (
-    "libvirtd",
-    "virtlogd",
-    "virsh",
-    "virt-admin",
-    "qemu-system-x86_64",
-    "tcpdump",
-    "nsenter",
-    "unshare",
-    "ip",
-    "as",
-    "ld",
-)
+WORKDIR = DEFAULT_WORKDIR
 _START = time.monotonic()
 
 
@@ -54,14 +39,6 @@ def say(text: str) -> None:
 
 def _flags(secured: dict[str, bool]) -> str:
     return ", ".join(f"{name.upper()}={str(value).lower()}" for name, value in secured.items())
-
-
-def missing_parts() -> str | None:
-    if os.geteuid() != 0:
-        return "the two-host lab needs root"
-    path = env()["PATH"]
-    missing = [t for t in _TOOLS if shutil.which(t, path=path) is None]
-    return f"missing: {', '.join(missing)}" if missing else None
 
 
 async def _show_progress(cloud: LabCloud, host: str, stop: trio.Event) -> None:
@@ -236,7 +213,7 @@ async def test_driver_story(base: Path) -> list[tuple[str, str]]:
 def main() -> int:
     logs.configure("warning")
     base = Path(tempfile.mkdtemp(prefix="kvm-agent-demo-"))
-    reason = missing_parts()
+    reason = lab_unavailable()
     try:
         if reason:
             print(f"The two-host part of the demo cannot run here ({reason}).")

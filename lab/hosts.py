@@ -508,3 +508,31 @@ def teardown_all(workdir: Path) -> None:
         stopped=sum(map(len, pids.values())),
         seconds=round(time.monotonic() - t0, 2),
     )
+
+
+DEFAULT_WORKDIR = Path(os.environ.get("KVMLAB_DIR", "/var/tmp/kvm-agent-lab"))
+_TOOLS = (
+    "libvirtd",
+    "virtlogd",
+    "virsh",
+    "virt-admin",
+    "qemu-system-x86_64",
+    "tcpdump",
+    "nsenter",
+    "unshare",
+    "ip",
+    "as",
+    "ld",
+    "openssl",
+)
+
+
+def lab_unavailable() -> str | None:
+    """Why the two-host lab cannot run here, or None. TCG needs no /dev/kvm."""
+    if os.geteuid() != 0:
+        return "the two-host lab needs root"
+    path = env()["PATH"]
+    missing = [tool for tool in _TOOLS if shutil.which(tool, path=path) is None]
+    if missing:
+        return f"the two-host lab needs {', '.join(missing)} (see scripts/bootstrap.sh)"
+    return None

@@ -7,41 +7,14 @@ one lab. The workdir is stable across runs (``$KVMLAB_DIR``, default
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from lab.ca import LabCA
-from lab.hosts import Lab
-from lab.netns import env
+from lab.hosts import DEFAULT_WORKDIR, Lab, lab_unavailable
 
-LAB_DIR = Path(os.environ.get("KVMLAB_DIR", "/var/tmp/kvm-agent-lab"))
-_TOOLS = (
-    "libvirtd",
-    "virtlogd",
-    "virsh",
-    "qemu-system-x86_64",
-    "tcpdump",
-    "nsenter",
-    "unshare",
-    "ip",
-    "as",
-    "ld",
-)
-
-
-def lab_unavailable() -> str | None:
-    """Why the lab cannot run here, or None. TCG needs no /dev/kvm."""
-    if os.geteuid() != 0:
-        return "the two-host lab needs root"
-    path = env()["PATH"]
-    missing = [tool for tool in _TOOLS if shutil.which(tool, path=path) is None]
-    if missing:
-        return f"the two-host lab needs {', '.join(missing)} (see scripts/bootstrap.sh)"
-    return None
+LAB_DIR = DEFAULT_WORKDIR
 
 
 @pytest.fixture(scope="session")
