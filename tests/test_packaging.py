@@ -87,3 +87,9 @@ def test_notifier_is_a_no_op_without_socket(monkeypatch: pytest.MonkeyPatch) -> 
     notifier = Notifier()
     assert not notifier.enabled
     notifier.ready("x")  # nothing to send to, nothing raised
+
+
+def test_operations_guide_documents_every_key() -> None:
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    missing = [key for key in _KEYS if f"`{key}`" not in guide]
+    assert not missing, missing
