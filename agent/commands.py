@@ -53,7 +53,7 @@ class AgentControl(Protocol):
 
     async def secured(self) -> bool: ...
 
-    def set_ms_hosts(
+    async def set_ms_hosts(
         self,
         hosts: Sequence[str],
         algorithm: LbAlgorithm | None,
@@ -68,7 +68,7 @@ class AgentControl(Protocol):
 class SessionControl(Protocol):
     """What handlers may ask of the session the command arrived on."""
 
-    def ready(self, command: ReadyCommand) -> None: ...
+    async def ready(self, command: ReadyCommand) -> None: ...
 
     def end(self, reason: str, *, retry_same_host_later: bool) -> None:
         """End the session once the answer to the current request has been sent."""
@@ -129,14 +129,14 @@ async def ready(cmd: ReadyCommand, ctx: CommandContext) -> Message:
             f"management server refused the host: {cmd.details}", retry_same_host_later=True
         )
         return Answer(result=False, details="host refused by the management server")
-    ctx.session.ready(cmd)
+    await ctx.session.ready(cmd)
     return ReadyAnswer(result=True)
 
 
 async def setup_ms_list(cmd: SetupMSListCommand, ctx: CommandContext) -> Message:
     if not cmd.ms_list:
         return SetupMSListAnswer(result=False, details="empty management server list")
-    ctx.agent.set_ms_hosts(
+    await ctx.agent.set_ms_hosts(
         cmd.ms_list,
         parse_algorithm(cmd.lb_algorithm),
         float(cmd.lb_check_interval) if cmd.lb_check_interval is not None else None,
@@ -155,7 +155,7 @@ async def migrate_agent_connection(
         return MigrateAgentConnectionAnswer(
             result=False, details="Migrate agent connection failed, due to an empty MS list"
         )
-    ctx.agent.set_ms_hosts(
+    await ctx.agent.set_ms_hosts(
         cmd.ms_list,
         parse_algorithm(cmd.lb_algorithm),
         float(cmd.lb_check_interval) if cmd.lb_check_interval is not None else None,

@@ -141,7 +141,7 @@ class Agent:
         self._backoff_override = max(0.0, seconds)
         self.cycler.backoff = self._backoff_override
 
-    def set_ms_hosts(
+    async def set_ms_hosts(
         self,
         hosts: Sequence[str],
         algorithm: LbAlgorithm | None,
@@ -159,7 +159,7 @@ class Agent:
             self.cycler.set_hosts(hosts, algorithm)
         if lb_check_interval is not None:
             self._lb_check_interval = lb_check_interval
-        self.state.update(
+        await self.state.update(
             ms_hosts=hosts,
             lb_algorithm=(algorithm or self.cycler.algorithm).value,
             lb_check_interval=self._lb_check_interval,
@@ -373,21 +373,21 @@ class Agent:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    self.reload()
+                    await self.reload()
                 else:
                     log.info("stop requested", signal=signal.Signals(signum).name)
                     self.request_stop()
 
-    def reload(self) -> None:
+    async def reload(self) -> None:
         """SIGHUP: re-read agent.properties (host list, log level); keep a healthy session."""
         try:
-            new = self.config.reload()
+            new = await trio.to_thread.run_sync(self.config.reload)
         except ConfigError as exc:
             log.error("reload failed, keeping the running configuration", error=str(exc))
             return
         logs.set_level(new.log_level)
         self.config = new
-        self.state.update(ms_hosts=None, lb_algorithm=None, lb_check_interval=None)
+        await self.state.update(ms_hosts=None, lb_algorithm=None, lb_check_interval=None)
         self._lb_check_interval = new.lb_check_interval
         if new.ms_hosts != self.cycler.hosts or new.lb_algorithm != self.cycler.algorithm:
             self.cycler.set_hosts(new.ms_hosts, new.lb_algorithm)

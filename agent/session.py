@@ -110,17 +110,17 @@ class AgentSession:
         return True
 
     # SessionControl, for handlers
-    def ready(self, command: ReadyCommand) -> None:
+    async def ready(self, command: ReadyCommand) -> None:
         if command.host_id is not None:
             self.stream.session.agent_id = command.host_id
-        self.agent.state.update(
+        await self.agent.state.update(
             host_id=command.host_id,
             host_uuid=command.host_uuid,
             host_name=command.host_name,
         )
         if command.ms_host_list:
             interval = command.lb_check_interval
-            self.agent.set_ms_hosts(
+            await self.agent.set_ms_hosts(
                 command.ms_host_list,
                 parse_algorithm(command.lb_algorithm),
                 float(interval) if interval is not None else None,

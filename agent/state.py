@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 import structlog
+import trio
 from attrs import frozen
 
 from agent.fsutil import atomic_write
@@ -35,6 +36,7 @@ class StateStore:
     def __init__(self, directory: Path) -> None:
         self.path = directory / STATE_FILE
         self.current = AgentState()
+        self._lock = trio.Lock()
 
     def load(self) -> AgentState:
         try:
@@ -50,10 +52,12 @@ class StateStore:
             self.current = AgentState()
         return self.current
 
-    def update(self, **changes: Any) -> AgentState:
-        new = attrs.evolve(self.current, **changes)
-        if new != self.current:
-            data = attrs.asdict(new)
-            atomic_write(self.path, json.dumps(data, indent=2).encode(), mode=0o644)
-            self.current = new
-        return new
+    async def update(self, **changes: Any) -> AgentState:
+        """Change the state and write it (in a worker thread: the write fsyncs)."""
+        async with self._lock:  # writes land in the order the changes were made
+            new = attrs.evolve(self.current, **changes)
+            if new != self.current:
+                data = json.dumps(attrs.asdict(new), indent=2).encode()
+                await trio.to_thread.run_sync(lambda: atomic_write(self.path, data, mode=0o644))
+                self.current = new
+            return new

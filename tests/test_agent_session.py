@@ -365,7 +365,7 @@ async def test_sighup_reload_keeps_a_healthy_session(tmp_path: Path) -> None:
             await ms.wait_for_host(GUID, timeout=10)
             session = agent.session
             props.write_text("\n".join([*lines, "log.level=debug"]) + "\n")
-            agent.reload()
+            await agent.reload()
             assert agent.config.log_level == "debug"
             await trio.sleep(1.5)
             assert agent.session is session
