@@ -51,7 +51,6 @@ class MonitorState:
     downtime_step: int = 0
     paused_by_us: bool = False
     timed_out: bool = False
-    samples: int = 0
 
 
 def rewrite_graphics_listen(xml: str, dest_ip: str) -> str:
@@ -313,7 +312,6 @@ class Migrations:
             state.polls_without_progress = 0
         else:
             state.polls_without_progress += 1
-        state.samples += 1
         mlog.info(
             "migration progress",
             percent=round(state.percent, 1),

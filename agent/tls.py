@@ -24,7 +24,6 @@ class TLSConfigError(Exception):
 class ClientTLS:
     context: ssl.SSLContext
     insecure: bool  # bootstrap mode: the MS is NOT verified
-    has_client_cert: bool
 
 
 def client_context(
@@ -64,7 +63,7 @@ def client_context(
     elif cert.exists() != key.exists():
         present = cert if cert.exists() else key
         raise TLSConfigError(f"{present} exists without its pair; both or neither are needed")
-    return ClientTLS(context=ctx, insecure=insecure, has_client_cert=has_cert)
+    return ClientTLS(context=ctx, insecure=insecure)
 
 
 def _reason(exc: Exception) -> str:
