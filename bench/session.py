@@ -43,12 +43,7 @@ def _free_port() -> int:
 
 def _write_agent(base: Path, ca: LabCA, hosts: str, **extra: str) -> Path:
     certs = base / "agent-certs"
-    certs.mkdir(parents=True, exist_ok=True)
-    (certs / "cloud.ca.crt").write_bytes(ca.cert_pem)
-    key, cert = ca.issue("bench-agent", sans=("127.0.0.1",))
-    (certs / "cloud.key").write_bytes(key)
-    (certs / "cloud.key").chmod(0o600)
-    (certs / "cloud.crt").write_bytes(cert)
+    ca.write_agent_set(certs, "bench-agent", sans=("127.0.0.1",))
     props = {
         "guid": "bench-agent",
         "host": hosts,

@@ -263,6 +263,14 @@ class LabCA:
         cert = self._leaf(subject, key.public_key(), san_entries(sans), start, end)
         return _key_pem(key), cert
 
+    def write_agent_set(self, cert_dir: Path, common_name: str, sans: Sequence[str] = ()) -> None:
+        """An agent's cert.dir as CloudStack lays it out: cloud.ca.crt, cloud.crt, cloud.key."""
+        key, cert = self.issue(common_name, sans=sans)
+        cert_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(cert_dir / "cloud.ca.crt", self.cert_pem, mode=0o644)
+        atomic_write(cert_dir / "cloud.key", key, mode=0o600)
+        atomic_write(cert_dir / "cloud.crt", cert, mode=0o644)
+
     # --- TLS ------------------------------------------------------------------------
 
     def server_context(self, require_client_cert: bool = False) -> ssl.SSLContext:

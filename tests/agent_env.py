@@ -106,10 +106,7 @@ def agent_dir(base: Path, ca: LabCA | None, *, with_client_cert: bool = True) ->
     if ca is not None:
         (certs / "cloud.ca.crt").write_bytes(ca.cert_pem)
         if with_client_cert:
-            key, cert = ca.issue("agent.test", sans=("127.0.0.1",))
-            (certs / "cloud.key").write_bytes(key)
-            (certs / "cloud.key").chmod(0o600)
-            (certs / "cloud.crt").write_bytes(cert)
+            ca.write_agent_set(certs, "agent.test", sans=("127.0.0.1",))
     return certs
 
 
