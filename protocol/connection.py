@@ -8,7 +8,6 @@ from __future__ import annotations
 import ssl
 from collections.abc import Sequence
 
-from protocol.errors import ProtocolError
 from protocol.link import DEFAULT_MAX_MESSAGE, HandshakeComplete, Link, LinkClosed
 from protocol.model import Message
 from protocol.session import Request, Response, Session
@@ -72,6 +71,3 @@ class Connection:
 
     def close(self) -> bytes:
         return self.link.close()
-
-
-__all__ = ["Connection", "ConnectionEvent", "ProtocolError"]
