@@ -44,6 +44,7 @@ from lab.ca import LabCA
 from lab.guest import FILLED_LINE, KERNEL_NAME, MARKER, build_kernel, check_name, count_marker
 from lab.guest import domain_xml as _domain_xml
 from lab.hostconf import BOUND, mount_script, write_tree
+from lab.lock import LabLock
 from lab.netns import (
     HOST_NAME,
     NS_DIR,
@@ -322,6 +323,7 @@ class Lab:
     ca: LabCA
     hosts: dict[str, LabHost]
     tls: bool
+    lock: LabLock = field(factory=LabLock, repr=False)
 
     @classmethod
     def create(
@@ -365,7 +367,11 @@ class Lab:
         return lab
 
     def rebuild(self) -> None:
-        """Build everything anew (after :func:`teardown_all`, or a crash); same hosts."""
+        """Build everything anew (after :func:`teardown_all`, or a crash); same hosts.
+
+        Waits first while another process's lab runs (:mod:`lab.lock`): never tears down
+        a lab that is in use."""
+        self.lock.acquire()
         t0 = time.monotonic()
         teardown_all(self.workdir)
         for host in self.hosts.values():
@@ -400,9 +406,12 @@ class Lab:
 
     def teardown(self) -> None:
         """Stop everything and remove the hosts; the capability cache and logs stay."""
-        teardown_all(self.workdir)
-        for host in self.hosts.values():
-            host._reap()
+        try:
+            teardown_all(self.workdir)
+            for host in self.hosts.values():
+                host._reap()
+        finally:
+            self.lock.release()
 
     @contextmanager
     def capture(self, host_name: str, path: Path) -> Iterator[Capture]:

@@ -7,6 +7,7 @@ one lab. The workdir is stable across runs (``$KVMLAB_DIR``, default
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -17,10 +18,19 @@ from lab.hosts import DEFAULT_WORKDIR, Lab, lab_unavailable
 LAB_DIR = DEFAULT_WORKDIR
 
 
+def lab_required() -> bool:
+    """In CI (``CI=true``) or on request (``KVMLAB_REQUIRED=1``) a lab test that cannot run
+    fails: a run that skipped them all must not pass as a green run."""
+    flags = (os.environ.get("CI", ""), os.environ.get("KVMLAB_REQUIRED", ""))
+    return any(v.strip().lower() in ("1", "true", "yes") for v in flags)
+
+
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Lab]:
     reason = lab_unavailable()
     if reason:
+        if lab_required():
+            pytest.fail(f"the lab is required here (CI or KVMLAB_REQUIRED) but: {reason}")
         pytest.skip(reason)
     built = Lab.create(LAB_DIR, ca=LabCA.load_or_create(LAB_DIR / "ca"))
     try:
