@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.dhparams import FFDHE3072_PEM
 from lab.hosts import Lab, LabHost, count_marker, teardown_all
 from lab.netns import NS_DIR, alive, lab_links, lab_mounts, lab_netns, netns_pids
 
@@ -56,6 +57,7 @@ def test_hosts_have_their_own_identity_and_pki(lab: Lab) -> None:
             ("/etc/pki/qemu/client-cert.pem", "cloud.crt"),
         ):
             assert host.outside(path).resolve() == host.cert_dir / target
+        assert host.outside("/etc/pki/qemu/dh-params.pem").read_bytes() == FFDHE3072_PEM
         hosts = host.run(["cat", "/etc/hosts"], capture_output=True, text=True).stdout
         assert all(f"{peer.ip}\t{peer.name}" in hosts for peer in lab.hosts.values())
     # libvirt refuses to migrate to a host with its own UUID.
