@@ -132,7 +132,8 @@ def ensure_dh_params(root: Path = Path("/")) -> Path | None:
     if reason is None:
         return None
     atomic_write(path, FFDHE3072_PEM, mode=0o644)
-    log.info("QEMU DH parameters written", path=str(path), group=GROUP_NAME, was=reason)
+    say = log.info if reason == "missing" else log.warning  # a file was there: replaced
+    say("QEMU DH parameters written", path=str(path), group=GROUP_NAME, was=reason)
     return path
 
 
