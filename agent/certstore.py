@@ -33,6 +33,7 @@ from agent.certs import (
     private_key_pem,
     validate,
 )
+from agent.dhparams import ensure_dh_params
 from agent.fsutil import atomic_write, fsync_dir
 from agent.pki import PKI_LINKS
 from agent.tls import CA_FILE, CERT_FILE, KEY_FILE
@@ -147,7 +148,8 @@ class CertStore:
     # --- libvirt and QEMU paths -----------------------------------------------------
 
     def link_pki(self, root: Path = Path("/")) -> list[str]:
-        """Point libvirt's and QEMU's PKI paths at our files; returns the paths changed.
+        """Point libvirt's and QEMU's PKI paths at our files, and give QEMU its DH
+        parameters (agent.dhparams); returns the paths changed.
 
         Each link is replaced in one rename, and only once its target exists, so
         /etc/pki/CA/cacert.pem is never missing or dangling (libvirtd would not start).
@@ -163,4 +165,6 @@ class CertStore:
                 continue
             _replace_symlink(link, str(target))
             changed.append(str(link))
+        if dh_params := ensure_dh_params(root):
+            changed.append(str(dh_params))
         return changed

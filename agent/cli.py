@@ -1,6 +1,7 @@
 """``kvm-agent``: the daemon and the tools the management server runs over SSH.
 
-Exit codes: 0 done; 1 refused (invalid certificate, nothing changed); 2 usage;
+Exit codes: 0 done; 1 refused (invalid certificate, nothing changed), or installed but the
+PKI paths could not be linked (the message says which); 2 usage;
 10 stopped by the management server; 78 configuration error.
 """
 
@@ -87,12 +88,17 @@ def keystore_cert_import(args: argparse.Namespace) -> int:
     try:
         key = _read(args.key) if args.key else None
         info = store.install(_read(args.cert), _read(args.ca), key)
-        if not args.no_link:
-            store.link_pki(args.root or Path("/"))
     except (CertificateError, OSError) as exc:
         print(f"kvm-agent: certificate rejected, nothing changed: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     print(f"installed {info.subject}, valid until {info.not_after:%Y-%m-%d}")
+    if not args.no_link:
+        root = args.root or Path("/")
+        try:
+            store.link_pki(root)  # libvirt's and QEMU's paths, QEMU's DH parameters
+        except (CertificateError, OSError) as exc:
+            print(f"kvm-agent: linking the PKI paths under {root} failed: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
     return 0
 
 

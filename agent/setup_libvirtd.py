@@ -4,7 +4,8 @@ The out-of-band counterpart of ``cloudstack-setup-agent -s`` (spec: certificates
 In order, and idempotently: refuse unless cert-dir holds a valid certificate set; set TLS in
 libvirtd.conf and qemu.conf (comments and other settings kept); make libvirtd listen
 (socket activation or ``--listen``); open 16514/tcp; link the libvirt/QEMU PKI paths to
-cert-dir; write ``libvirtd.tls.enabled=true``; restart libvirtd or tell the operator to.
+cert-dir and give QEMU standard DH parameters (agent.dhparams); write
+``libvirtd.tls.enabled=true``; restart libvirtd or tell the operator to.
 
 System paths are taken under ``--root``; system commands run only when it is ``/`` (other
 roots, e.g. a copy for tests, get them printed). ``--config`` and ``--cert-dir`` are used as
@@ -30,6 +31,7 @@ from agent import confedit
 from agent.certs import CertificateError
 from agent.certstore import CertStore
 from agent.config import DEFAULT_CONFIG, ConfigError, read_properties, set_property
+from agent.dhparams import DH_PARAMS, GROUP_NAME, needs_dh_params
 from agent.pki import LIBVIRTD_CONF, PKI_LINKS, certificate_set
 
 TLS_PORT = "16514"
@@ -392,13 +394,21 @@ class _Setup:
             for link, target in pending:
                 self.say(f"would link {link} -> {target}")
                 self.changed.append(str(link))
+            if reason := needs_dh_params(self.root):
+                self.say(f"would write {self.path(DH_PARAMS)} ({GROUP_NAME}; it is {reason})")
+                self.changed.append(str(self.path(DH_PARAMS)))
             return
         try:
             linked = CertStore(cert_dir).link_pki(self.root)
         except CertificateError as exc:
             raise SetupError(str(exc)) from None
-        for link_path in linked:
-            self.say(f"linked {link_path} -> {os.readlink(link_path)}")
+        except OSError as exc:
+            raise SetupError(f"linking the PKI paths under {self.root} failed: {exc}") from None
+        for changed in linked:
+            if os.path.islink(changed):
+                self.say(f"linked {changed} -> {os.readlink(changed)}")
+            else:
+                self.say(f"wrote {changed} (QEMU's DH parameters: {GROUP_NAME})")
         self.changed.extend(linked)
 
     def set_tls_property(self, config: Path, props: Mapping[str, str]) -> None:

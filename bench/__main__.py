@@ -53,7 +53,7 @@ def main() -> int:
         results["migration"] = {"skipped": reason}
     else:
         results["migration"] = trio.run(migration.run)
-        session.print_table({k: v for k, v in results["migration"].items() if k != "samples"})
+        migration.print_table(results["migration"])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwritten to {RESULTS}")

@@ -2,9 +2,9 @@
 
 A host's tree (``<root>/fs/...``) holds its own ``/etc/libvirt`` (the package defaults with
 the lab's ``libvirtd.conf`` and ``qemu.conf``), ``/etc/pki`` (links to its certificate
-directory, as CloudStack makes them), ``/etc/hosts``, ``/etc/hostname`` and empty
-``/var/{lib,log,cache}/libvirt``; :func:`mount_script` binds them over the real paths inside
-the host's mount namespace.
+directory, as CloudStack makes them, and QEMU's DH parameters, as the agent writes them),
+``/etc/hosts``, ``/etc/hostname`` and empty ``/var/{lib,log,cache}/libvirt``;
+:func:`mount_script` binds them over the real paths inside the host's mount namespace.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from agent.dhparams import ensure_dh_params
 from lab.ca import LabCA
 from lab.netns import NS_DIR
 
@@ -158,6 +159,7 @@ def write_tree(
     cert_dir.mkdir()
     if tls:
         write_certificates(cert_dir, fs / "etc/pki", ca, name, ip)
+        ensure_dh_params(fs)  # as the agent does: QEMU never generates its own
 
 
 def mount_script(fs: Path, name: str) -> str:

@@ -2,10 +2,11 @@
 
 Each host is a network namespace (``kvmlab-<name>``, joined to the other by a veth pair), a
 mount and a UTS namespace (files under ``/run/kvmlab``), and its own ``virtlogd`` and
-``libvirtd --listen`` run in the foreground by this module. Inside a host, per-host copies
-(``<workdir>/hosts/<name>/fs/...``) are bound over ``/etc/libvirt``, ``/etc/pki``,
-``/etc/hosts``, ``/etc/hostname``, ``/var/lib/libvirt``, ``/var/log/libvirt`` and
-``/var/cache/libvirt``, and ``/run`` is a tmpfs. Everything else, ``<workdir>`` included, is the
+``libvirtd --listen`` run in the foreground as children of the lab's subreaper
+(:mod:`lab.reaper`), which reaps them and the QEMUs they leave behind at once. Inside a
+host, per-host copies (``<workdir>/hosts/<name>/fs/...``) are bound over ``/etc/libvirt``,
+``/etc/pki``, ``/etc/hosts``, ``/etc/hostname``, ``/var/lib/libvirt``, ``/var/log/libvirt``
+and ``/var/cache/libvirt``, and ``/run`` is a tmpfs. Everything else, ``<workdir>`` included, is the
 machine's own filesystem, seen at the same path by every host: that is where the guest kernel
 lives. The shared spec's lab.md has the measurements behind the choices.
 
@@ -59,6 +60,7 @@ from lab.netns import (
     netns_pids,
     terminate,
 )
+from lab.reaper import Child, Reaper, ReaperError, end_stale
 
 __all__ = ["MARKER", "Capture", "Lab", "LabError", "LabHost", "count_marker", "teardown_all"]
 
@@ -67,6 +69,7 @@ log = structlog.get_logger("lab.hosts")
 LOCAL_URI: Final = "qemu:///system"
 _CAPS: Final = "var/cache/libvirt/qemu/capabilities"
 _PKI_MARK: Final = "created-etc-pki"  # in the workdir: this lab made /etc/pki
+_REAPER_PID: Final = "reaper.pid"  # in the workdir: the lab's subreaper (lab/reaper.py)
 _PREFIX_LEN: Final = 24
 
 
@@ -80,7 +83,9 @@ class LabHost:
     kernel: Path
     log_dir: Path
     ns: HostNamespaces = field(init=False)
-    _daemons: dict[str, subprocess.Popen[bytes]] = field(init=False, factory=dict, repr=False)
+    # The lab's subreaper, which starts the daemons (lab/reaper.py); set while the lab is built.
+    reaper: Reaper | None = field(default=None, repr=False)
+    _daemons: dict[str, Child] = field(init=False, factory=dict, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.ns = HostNamespaces(self.name)
@@ -148,13 +153,15 @@ class LabHost:
     def _log_file(self, daemon: str) -> Path:
         return self.log_dir / f"{self.name}-{daemon}.log"
 
-    def _start_daemon(self, daemon: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        with self._log_file(daemon).open("ab") as out:
-            # Own session: a ^C meant for the test run must not kill the daemons before the
-            # fixture's orderly teardown.
-            proc = self.popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
-            )
+    def _start_daemon(self, daemon: str, argv: list[str]) -> Child:
+        """Start ``daemon`` inside the host as a child of the lab's subreaper, in its own
+        session (a ^C meant for the test run must not kill it before the orderly teardown)."""
+        if self.reaper is None:
+            raise LabError(f"{self.name}: no lab reaper to start {daemon} with (build the lab)")
+        try:
+            proc = self.reaper.spawn(self.ns.enter(argv), self._log_file(daemon))
+        except ReaperError as exc:
+            raise LabError(f"{daemon} on {self.name}: {exc}") from None
         (self.root / f"{daemon}.pid").write_text(f"{proc.pid}\n")
         self._daemons[daemon] = proc
         return proc
@@ -165,7 +172,7 @@ class LabHost:
 
     def _running(self, daemon: str) -> bool:
         proc = self._daemons.get(daemon)
-        return proc is not None and proc.poll() is None
+        return proc is not None and proc.running()
 
     def start_libvirtd(self, timeout: float = 60) -> None:
         """Start virtlogd (QEMU logs through it) if needed, then libvirtd; wait for it."""
@@ -174,7 +181,7 @@ class LabHost:
             sock = Path(f"/proc/{proc.pid}/root/run/libvirt/virtlogd-sock")
             deadline = time.monotonic() + 10
             while not sock.exists():
-                if proc.poll() is not None or time.monotonic() > deadline:
+                if not proc.running() or time.monotonic() > deadline:
                     raise self._daemon_died("virtlogd")
                 time.sleep(0.01)
         if self._running("libvirtd"):
@@ -190,7 +197,7 @@ class LabHost:
         argv = ["virsh", "-c", LOCAL_URI, "version"]
         while True:
             proc = self._daemons.get("libvirtd")
-            if proc is not None and proc.poll() is not None:
+            if proc is not None and not proc.running():
                 raise self._daemon_died("libvirtd")
             left = deadline - time.monotonic()
             if left <= 0:
@@ -209,12 +216,11 @@ class LabHost:
         if proc is None:
             return
         proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        if not proc.wait(timeout):
             log.warning("lab.libvirtd_killed", host=self.name, after_seconds=timeout)
             proc.kill()
             proc.wait()
+        proc.close()
         (self.root / "libvirtd.pid").unlink(missing_ok=True)
 
     def restart_libvirtd(self) -> None:
@@ -225,13 +231,13 @@ class LabHost:
         return self._running("libvirtd")
 
     def _reap(self) -> None:
-        """Collect daemons that someone else (teardown_all) has ended."""
+        """Wait for the daemons that someone else (teardown_all) has ended, and forget them
+        (the lab's reaper has collected their exit status)."""
         for proc in self._daemons.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
+            if not proc.wait(10):
                 proc.kill()
-                proc.wait()
+                proc.wait(10)
+            proc.close()
         self._daemons.clear()
 
     def _prepare(self, ca: LabCA, peers: dict[str, str], tls: bool) -> None:
@@ -324,6 +330,7 @@ class Lab:
     hosts: dict[str, LabHost]
     tls: bool
     lock: LabLock = field(factory=LabLock, repr=False)
+    reaper: Reaper | None = field(default=None, repr=False)
 
     @classmethod
     def create(
@@ -374,8 +381,7 @@ class Lab:
         self.lock.acquire()
         t0 = time.monotonic()
         teardown_all(self.workdir)
-        for host in self.hosts.values():
-            host._reap()
+        self._forget_daemons()
         try:
             self._build()
         except BaseException:
@@ -386,6 +392,12 @@ class Lab:
     def _build(self) -> None:
         build_kernel(self.workdir / "guest")
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        # The daemons' parent, which reaps them and their orphaned QEMUs at once (lab/reaper.py).
+        self.reaper = Reaper.start(
+            self.workdir / _REAPER_PID, self.workdir / "logs" / "reaper.log", env()
+        )
+        for host in self.hosts.values():
+            host.reaper = self.reaper
         etc_pki = Path("/etc/pki")
         if not etc_pki.exists():  # a mount point is needed for the hosts' own
             etc_pki.mkdir()
@@ -408,10 +420,18 @@ class Lab:
         """Stop everything and remove the hosts; the capability cache and logs stay."""
         try:
             teardown_all(self.workdir)
-            for host in self.hosts.values():
-                host._reap()
+            self._forget_daemons()
         finally:
             self.lock.release()
+
+    def _forget_daemons(self) -> None:
+        """After teardown_all: drop the daemons' handles, and let the (childless) reaper go."""
+        for host in self.hosts.values():
+            host._reap()
+            host.reaper = None
+        reaper, self.reaper = self.reaper, None
+        if reaper is not None:
+            reaper.close()
 
     @contextmanager
     def capture(self, host_name: str, path: Path) -> Iterator[Capture]:
@@ -480,8 +500,9 @@ def teardown_all(workdir: Path) -> None:
     """Remove every trace of a lab, running or crashed; safe to call any number of times.
 
     Stops libvirtd and QEMU (SIGTERM), then virtlogd, by pid files; kills what is left in
-    the lab's network namespaces; unmounts the namespace files, deletes the namespaces and
-    veths, removes ``/etc/pki`` if the lab created it, and the hosts' directories.
+    the lab's network namespaces; ends the lab's subreaper; unmounts the namespace files,
+    deletes the namespaces and veths, removes ``/etc/pki`` if the lab created it, and the
+    hosts' directories.
     """
     t0 = time.monotonic()
     workdir = workdir.absolute()
@@ -501,6 +522,8 @@ def teardown_all(workdir: Path) -> None:
         terminate(pids[kind], timeout=15)
     for net in lab_netns():
         terminate(netns_pids(net), timeout=5, sig=signal.SIGKILL)
+    # Its children are gone now; a crashed run's reaper would otherwise wait for its socket.
+    end_stale(workdir / _REAPER_PID)
     destroy_all()
     if (workdir / _PKI_MARK).exists():
         try:

@@ -19,6 +19,7 @@ from agent import certstore as certstore_module
 from agent.certs import CertificateError
 from agent.certstore import CertStore
 from agent.commands import CommandContext, HandlerRegistry
+from agent.dhparams import DH_PARAMS, FFDHE3072_PEM
 from agent.hostinfo import local_addresses
 from agent.pki import PKI_LINKS, certificate_set
 from lab.ca import LabCA
@@ -133,7 +134,8 @@ def test_pki_links_are_atomic_and_resolve(tmp_path: Path, cloud_ca: LabCA) -> No
     store = CertStore(certs)
     store.install(_signed(cloud_ca, store), cloud_ca.cert_pem)
     changed = store.link_pki(root)
-    assert len(changed) == len(PKI_LINKS)
+    assert len(changed) == len(PKI_LINKS) + 1  # and QEMU's DH parameters, written once
+    assert str(root / DH_PARAMS) in changed
     for rel, name in PKI_LINKS.items():
         assert (root / rel).read_bytes() == (certs / name).read_bytes()
     assert store.link_pki(root) == []  # idempotent
@@ -313,6 +315,7 @@ async def test_in_band_provisioning_reload_waits_for_running_commands(tmp_path: 
                 record = await ms.wait_for_host(GUID, timeout=10, secured=True)
                 assert record.secured
         assert (tmp_path / "root" / "etc/pki/CA/cacert.pem").read_bytes() == ms.ca.cert_pem
+        assert (tmp_path / "root" / DH_PARAMS).read_bytes() == FFDHE3072_PEM  # QEMU's DH group
         text = logbuf.getvalue()
         events = [json.loads(line)["event"] for line in text.splitlines()]
         assert events.index("no command running: reloading libvirtd's TLS files") > events.index(

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.dhparams import FFDHE3072_PEM
 from lab.hosts import Lab, LabHost, count_marker, teardown_all
 from lab.netns import NS_DIR, alive, lab_links, lab_mounts, lab_netns, netns_pids
+from tests.test_lab_reaper import parent_of
 
 # Every test here takes the session's `lab` fixture, which skips, or fails in CI, when the
 # lab cannot run on this machine.
@@ -56,6 +58,7 @@ def test_hosts_have_their_own_identity_and_pki(lab: Lab) -> None:
             ("/etc/pki/qemu/client-cert.pem", "cloud.crt"),
         ):
             assert host.outside(path).resolve() == host.cert_dir / target
+        assert host.outside("/etc/pki/qemu/dh-params.pem").read_bytes() == FFDHE3072_PEM
         hosts = host.run(["cat", "/etc/hosts"], capture_output=True, text=True).stdout
         assert all(f"{peer.ip}\t{peer.name}" in hosts for peer in lab.hosts.values())
     # libvirt refuses to migrate to a host with its own UUID.
@@ -74,6 +77,22 @@ def test_restart_libvirtd(lab: Lab) -> None:
     b.restart_libvirtd()
     assert b.libvirtd_running()
     assert lab.hosts["a"].virsh("hostname", uri=b.uri) == "b"
+
+
+def test_daemons_and_guests_are_children_of_the_labs_reaper(lab: Lab) -> None:
+    """Orphaned QEMUs come to the lab's subreaper, which reaps them at once (this machine's
+    PID 1 took 1.6-1.8 s, and libvirt waits for the source QEMU to vanish at the end of
+    every migration)."""
+    host = guest_on(lab, "a")
+    assert lab.reaper is not None
+    reaper = lab.reaper.proc.pid
+    for each in lab.hosts.values():
+        for daemon in ("libvirtd", "virtlogd"):
+            assert parent_of(int((each.root / f"{daemon}.pid").read_text())) == reaper
+    pid_file = f"/run/libvirt/qemu/{GUEST}.pid"
+    qemu = int(host.run(["cat", pid_file], capture_output=True, text=True, check=True).stdout)
+    assert host.ns.holds(qemu)
+    assert parent_of(qemu) == reaper
 
 
 def test_plain_migration_carries_guest_memory_in_clear(lab: Lab, tmp_path: Path) -> None:
@@ -113,8 +132,12 @@ def test_teardown_all_leaves_nothing_and_can_repeat(lab: Lab) -> None:
     pids = {pid for net in lab_netns() for pid in netns_pids(net)}
     assert len(pids) >= 4  # two libvirtd, two virtlogd (and the guest's QEMU, if any)
     created_etc_pki = (lab.workdir / "created-etc-pki").exists()
+    assert lab.reaper is not None
+    reaper = lab.reaper.proc.pid
     for _ in range(2):
         teardown_all(lab.workdir)
+        assert not alive(reaper)
+        assert not (lab.workdir / "reaper.pid").exists()
         assert lab_netns() == []
         assert lab_links() == []
         assert lab_mounts() == []

@@ -18,6 +18,7 @@ import pytest
 
 from agent import confedit, setup_libvirtd
 from agent.config import read_properties
+from agent.dhparams import DH_PARAMS, FFDHE3072_PEM
 from agent.pki import LIBVIRTD_CONF, PKI_LINKS, evaluate
 from lab.ca import LabCA
 
@@ -202,6 +203,12 @@ def test_setup_secures_a_stock_debian_host(host: Host) -> None:
         assert link.resolve() == (host.cert_dir / name).resolve()
         assert link.read_bytes() == (host.cert_dir / name).read_bytes()
 
+    # QEMU's DH parameters: the standard group, so QEMU never generates its own.
+    dh_file = host.root / DH_PARAMS
+    assert dh_file.read_bytes() == FFDHE3072_PEM
+    assert dh_file.stat().st_mode & 0o777 == 0o644
+    assert f"wrote {dh_file}" in out
+
     props = read_properties(host.config)
     assert props["libvirtd.tls.enabled"] == "true"
     assert is_subsequence(PROPERTIES.splitlines(), host.config.read_text().splitlines())
@@ -243,6 +250,8 @@ def test_dry_run_prints_a_diff_and_changes_nothing(host: Host) -> None:
     assert "keystore.passphrase=<redacted>" in out
     assert PASSPHRASE not in out
     assert f"would link {host.root / 'etc/pki/CA/cacert.pem'}" in out
+    assert f"would write {host.root / DH_PARAMS}" in out
+    assert not (host.root / DH_PARAMS).exists()
     assert "nothing was changed" in out
 
     assert run_setup(host)[0] == 0
