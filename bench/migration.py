@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from agent import logs
-from lab.ca import LabCA
+from lab.ca import LAB_CA_DIRNAME, LabCA
 from lab.cloud import ROOT, LabCloud
 from lab.hosts import DEFAULT_WORKDIR, Lab
 
@@ -54,7 +54,7 @@ async def _agent(cloud: LabCloud, lab: Lab, source: str, dest: str) -> float:
 
 
 async def run(rounds: int = 3) -> dict[str, Any]:
-    ca = LabCA.load_or_create(WORKDIR / "ca")
+    ca = LabCA.load_or_create(WORKDIR / LAB_CA_DIRNAME)
     lab = await trio.to_thread.run_sync(lambda: Lab.create(WORKDIR, ca=ca))
     base = Path(tempfile.mkdtemp(prefix="kvm-agent-bench-"))
     cloud = LabCloud(lab, base, ca)

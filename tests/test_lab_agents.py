@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from lab.ca import LabCA
+from lab.ca import LAB_CA_DIRNAME, LabCA
 from lab.cloud import LabCloud as Cloud
 from lab.hosts import Lab, count_marker
 from tests.conftest_lab import LAB_DIR
@@ -37,7 +37,7 @@ def _clear_guest(lab: Lab) -> None:
 @pytest.fixture(scope="module")
 def cloud(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     _clear_guest(lab)
-    c = Cloud(lab, tmp_path_factory.mktemp("cloud"), LabCA.load(LAB_DIR / "ca"))
+    c = Cloud(lab, tmp_path_factory.mktemp("cloud"), LabCA.load(LAB_DIR / LAB_CA_DIRNAME))
     try:
         c.start_ms("ms1", "a")
         c.start_agent("a")
