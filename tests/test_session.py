@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -74,6 +75,15 @@ def test_agent_sequence_starts_at_zero_and_ms_at_random_shifted() -> None:
     first = ms.send_request([ReadyCommand()], stop_on_error=True)[0].sequence
     assert first % (1 << 48) == 0 and 0 <= first >> 48 <= 32767
     assert ms.send_request([ReadyCommand()])[0].sequence == first + 1
+
+
+def test_agent_sessions_can_share_one_counter() -> None:
+    counter = itertools.count()
+    first = Session.for_agent(sequences=counter)
+    assert [first.send_request([PingRoutingCommand()])[0].sequence for _ in range(3)] == [0, 1, 2]
+    second = Session.for_agent(agent_id=5, sequences=counter)
+    assert second.send_request([StartupRoutingCommand()])[0].sequence == 3
+    assert Session.for_agent().send_request([StartupRoutingCommand()])[0].sequence == 0
 
 
 def test_full_exchange_through_tls(ca: LabCA) -> None:
