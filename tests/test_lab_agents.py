@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from cryptography import x509
 
 from lab.ca import LAB_CA_DIRNAME, LabCA
 from lab.cloud import LabCloud as Cloud
@@ -129,6 +130,16 @@ async def test_tcp_then_provisioning_then_native_tls_migration(
     assert b.virsh("domid", VM).strip() == vm_id and b.domain_state(VM) == "running"
     served = await trio.to_thread.run_sync(_served_certificate, lab, "a", "b")
     assert served == _der(cloud.agent_dir("b") / "certs" / "cloud.crt")
+    # Certificates as CloudStack makes them, accepted by libvirtd and (step 3) QEMU: the
+    # host's carries no keyUsage/extendedKeyUsage, the CA's keyUsage is certSign|cRLSign.
+    host_cert = x509.load_der_x509_certificate(served)
+    assert {type(e.value) for e in host_cert.extensions} == {
+        x509.AuthorityKeyIdentifier,
+        x509.SubjectKeyIdentifier,
+        x509.SubjectAlternativeName,
+    }
+    ca_usage = cloud.ca.certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert ca_usage.key_cert_sign and not ca_usage.digital_signature
     events = [e["event"] for e in cloud.log_events("b")]
     assert "libvirtd uses the new certificate" in events
 
