@@ -16,6 +16,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -265,11 +266,24 @@ def test_unusable_ca_files_are_refused_clearly(
     assert str(tmp_path / "cloud.ca.crt") in str(err.value)
 
 
-def test_load_trust_anchors_leaves_no_file_behind(ca: LabCA, tmp_path: Path) -> None:
-    before = set(Path(tempfile.gettempdir()).glob("kvm-agent-trust-*"))
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+def test_load_trust_anchors_leaves_no_file_behind(
+    ca: LabCA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    seen: list[tuple[Path, int, bytes]] = []
+
+    class Spy(ssl.SSLContext):
+        def load_verify_locations(self, cafile: Any = None, *args: Any, **kw: Any) -> None:
+            path = Path(cafile)
+            seen.append((path.parent, path.stat().st_mode & 0o777, path.read_bytes()))
+            super().load_verify_locations(cafile, *args, **kw)
+
+    ctx = Spy(ssl.PROTOCOL_TLS_CLIENT)
     load_trust_anchors(ctx, ca.cert_pem, source="test")
-    assert set(Path(tempfile.gettempdir()).glob("kvm-agent-trust-*")) == before
+    ((directory, mode, content),) = seen
+    assert directory == tmp_path and mode == 0o600
+    assert content.startswith(b"-----BEGIN TRUSTED CERTIFICATE-----\n")
+    assert list(tmp_path.iterdir()) == []  # deleted once loaded
     assert len(ctx.get_ca_certs()) == 1
 
 
