@@ -84,12 +84,14 @@ def san_entries(names: Iterable[str]) -> list[x509.GeneralName]:
     ips: list[x509.GeneralName] = []
     dns: list[x509.GeneralName] = []
     for name in names:
+        if not name:
+            continue
         try:
             entry: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(name))
             target = ips
         except ValueError:
             entry, target = x509.DNSName(name), dns
-        if name and entry not in target:
+        if entry not in target:
             target.append(entry)
     return ips + dns
 
