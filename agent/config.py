@@ -114,6 +114,7 @@ _KEYS: dict[str, tuple[str, Any, str | None]] = {
     "hypervisor.type": ("hypervisor_type", _str, "kvm"),
     "hypervisor.uri": ("hypervisor_uri", _str, "qemu:///system"),
     "private.network.device": ("private_network_device", _str, ""),
+    "host.reserved.mem.mb": ("host_reserved_mem_mb", lambda k: _int(k, 0), "1024"),
     "cert.dir": ("cert_dir", _str, ""),
     "state.dir": ("state_dir", _str, "/var/lib/cloudstack/agent"),
     "ssl.bootstrap.insecure": ("bootstrap_insecure", _bool, "false"),
@@ -160,6 +161,7 @@ class AgentConfig:
     hypervisor_type: str
     hypervisor_uri: str
     private_network_device: str
+    host_reserved_mem_mb: int
     cert_dir: Path
     state_dir: Path
     bootstrap_insecure: bool

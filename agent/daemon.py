@@ -10,6 +10,7 @@ Structure (one trio nursery as supervisor):
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -114,6 +115,8 @@ class Agent:
         self._connector = connector or self._connect
         self._nursery: trio.Nursery | None = None
         self._tls_reload_wanted = trio.Event()
+        # One request counter for the life of the process, as the Java agent keeps one.
+        self.sequences = itertools.count()
 
     # --- AgentServices --------------------------------------------------------------
 
@@ -361,7 +364,7 @@ class Agent:
             name,
             port,
             tls.context,
-            Session.for_agent(agent_id=self.state.current.host_id or -1),
+            Session.for_agent(agent_id=self.state.current.host_id or -1, sequences=self.sequences),
             connect_timeout=cfg.connect_timeout,
             handshake_timeout=cfg.handshake_timeout,
             server_hostname=name if cfg.verify_hostname else None,

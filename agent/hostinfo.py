@@ -6,6 +6,7 @@ import fcntl
 import ipaddress
 import os
 import platform
+import re
 import socket
 import struct
 from pathlib import Path
@@ -33,10 +34,13 @@ class OsFacts:
     os_version: str
     kernel: str
     arch: str
+    cpu_mhz: int | None  # the CPU's nominal speed, when the OS tells it
+    gateway: str | None  # the IPv4 default route's gateway
+    iqn: str | None  # the iSCSI initiator name
 
 
 def os_facts() -> OsFacts:
-    release = _os_release()
+    name, version = os_name_version()
     hostname = socket.gethostname()
     fqdn = socket.getfqdn(hostname)
     if not fqdn or fqdn.startswith("localhost"):  # /etc/hosts maps our name to loopback
@@ -44,26 +48,95 @@ def os_facts() -> OsFacts:
     return OsFacts(
         hostname=hostname,
         fqdn=fqdn,
-        os_name=release.get("NAME", platform.system()),
-        os_version=release.get("VERSION_ID", ""),
+        os_name=name,
+        os_version=version,
         kernel=platform.release(),
         arch=platform.machine(),
+        cpu_mhz=cpu_nominal_mhz(),
+        gateway=default_gateway(),
+        iqn=iscsi_initiator_name(),
     )
 
 
-def _os_release() -> dict[str, str]:
-    for path in (Path("/etc/os-release"), Path("/usr/lib/os-release")):
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        out = {}
-        for line in text.splitlines():
-            key, sep, value = line.partition("=")
-            if sep:
-                out[key.strip()] = value.strip().strip('"')
-        return out
-    return {}
+def os_name_version(etc: Path = Path("/etc")) -> tuple[str, str]:
+    """``Host.OS`` and ``Host.OS.Version`` exactly as CloudStack's KVM agent reports them
+    (its versions.sh): the management server compares ``Host.OS`` with the cluster's other
+    hosts, so a mixed cluster needs the same strings. redhat-release first (the name is
+    what precedes "release", the version the word after it), then lsb-release, then
+    os-release; empty values stay empty (the Java agent then omits the key)."""
+    redhat, lsb, osrel = etc / "redhat-release", etc / "lsb-release", etc / "os-release"
+    if redhat.exists():
+        line = _read(redhat).partition("\n")[0]
+        before, sep, after = line.partition("release")
+        version = after.split()[0] if sep and after.split() else ""
+        if not version and osrel.exists():
+            fields = _key_values(_read(osrel))
+            return fields.get("NAME", ""), fields.get("VERSION_ID", "")
+        return before.strip(), version
+    if lsb.exists():
+        fields = _key_values(_read(lsb))
+        return fields.get("DISTRIB_ID", ""), fields.get("DISTRIB_RELEASE", "")
+    if osrel.exists():
+        fields = _key_values(_read(osrel))
+        return fields.get("NAME", ""), fields.get("VERSION_ID", "")
+    return "Unknown Linux", "X.Y"
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _key_values(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key.strip()] = value.strip().strip('"').strip("'").strip()
+    return out
+
+
+_GHZ = re.compile(r"(\d\.\d+)GHz")
+
+
+def cpu_nominal_mhz(
+    cpuinfo: Path = Path("/proc/cpuinfo"),
+    max_freq: Path = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq"),
+) -> int | None:
+    """The speed the Java agent reports: the GHz figure of the CPU's model name, else the
+    maximum frequency; None when neither is known (the caller falls back to libvirt's
+    current, frequency-scaled figure)."""
+    for line in _read(cpuinfo).splitlines():
+        if line.lower().startswith("model name"):
+            match = _GHZ.search(line)
+            if match:
+                return int(float(match.group(1)) * 1000)
+            break
+    try:
+        return int(_read(max_freq).strip()) // 1000 or None
+    except ValueError:
+        return None
+
+
+def default_gateway(route: Path = Path("/proc/net/route")) -> str | None:
+    """The gateway of the first IPv4 default route (the Java agent's ``ip route show
+    default``); None without one, or when the default route has no gateway."""
+    for fields in (line.split() for line in _read(route).splitlines()[1:]):
+        if len(fields) > 3 and fields[1] == "00000000" and int(fields[3], 16) & 0x2:
+            gateway = socket.inet_ntoa(struct.pack("<I", int(fields[2], 16)))
+            return gateway if gateway != "0.0.0.0" else None
+    return None
+
+
+def iscsi_initiator_name(path: Path = Path("/etc/iscsi/initiatorname.iscsi")) -> str | None:
+    """``InitiatorName=`` of open-iscsi's file, as the Java agent sends it (``iqn``)."""
+    for line in _read(path).splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key == "InitiatorName" and value.strip():
+            return value.strip()
+    return None
 
 
 def default_route_interface() -> str | None:

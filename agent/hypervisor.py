@@ -37,8 +37,7 @@ class HostFacts:
     cpus: int
     cpu_sockets: int
     speed_mhz: int
-    memory: int  # bytes
-    dom0_min_memory: int
+    memory: int  # bytes, MemTotal (before host.reserved.mem.mb is set aside)
     caps: str
     hypervisor_version: str
     libvirt_version: str
@@ -48,6 +47,8 @@ class HostFacts:
     os_name: str
     os_version: str
     kernel: str
+    gateway: str | None
+    iqn: str | None
     private: hostinfo.Interface | None
 
 
@@ -247,16 +248,19 @@ class Hypervisor:
         os_facts = await trio.to_thread.run_sync(hostinfo.os_facts)
         private = await trio.to_thread.run_sync(hostinfo.private_interface, self.private_device)
         # getInfo: [model, memory MiB, cpus, MHz, NUMA nodes, sockets per node, cores, threads]
-        _model, mem_mib, cpus, mhz, nodes, sockets, _cores, _threads = info[:8]
+        _model, _mem_mib, cpus, mhz, nodes, sockets, _cores, _threads = info[:8]
         caps = ["hvm"] if "<os_type>hvm</os_type>" in caps_xml else []
         caps.append("snapshot")
+        memory = await trio.to_thread.run_sync(hostinfo.total_memory)
         self.last_facts = _facts(
             os_facts,
             private,
             cpus=int(cpus),
             cpu_sockets=int(nodes) * int(sockets),
-            speed_mhz=int(mhz),
-            memory=int(mem_mib) * 1024 * 1024,
+            # As the Java agent: the nominal speed, libvirt's current one only without it;
+            # the memory from the kernel (libvirt rounds it to MiB).
+            speed_mhz=os_facts.cpu_mhz or int(mhz),
+            memory=memory,
             caps=",".join(caps),
             hypervisor_version=_version(int(hv_version)),
             libvirt_version=_version(int(lib_version)),
@@ -280,13 +284,14 @@ def _facts(
     os_facts: hostinfo.OsFacts, private: hostinfo.Interface | None, **libvirt_facts: Any
 ) -> HostFacts:
     return HostFacts(
-        dom0_min_memory=0,
         arch=os_facts.arch,
         hostname=os_facts.hostname,
         fqdn=os_facts.fqdn,
         os_name=os_facts.os_name,
         os_version=os_facts.os_version,
         kernel=os_facts.kernel,
+        gateway=os_facts.gateway,
+        iqn=os_facts.iqn,
         private=private,
         **libvirt_facts,
     )
@@ -294,12 +299,13 @@ def _facts(
 
 def os_only_facts(private_device: str = "") -> HostFacts:
     """What registration can say while libvirtd is away and no earlier facts are known."""
+    os_facts = hostinfo.os_facts()
     return _facts(
-        hostinfo.os_facts(),
+        os_facts,
         hostinfo.private_interface(private_device),
         cpus=os.cpu_count() or 1,
         cpu_sockets=1,
-        speed_mhz=0,
+        speed_mhz=os_facts.cpu_mhz or 0,
         memory=hostinfo.total_memory(),
         caps="hvm,snapshot",
         hypervisor_version="",

@@ -179,6 +179,8 @@ class AgentSession:
             self.registered.set()
 
     async def _startup_command(self) -> StartupRoutingCommand:
+        """What CloudStack's KVM agent sends (LibvirtComputingResource.initialize and
+        Agent.setupStartupCommand); docs/protocol.md lists the fields and their sources."""
         cfg, agent = self.agent.config, self.agent
         try:
             facts = await agent.hypervisor.host_facts()
@@ -194,6 +196,20 @@ class AgentSession:
             )
         private = facts.private
         state = agent.state.current
+        reserved = cfg.host_reserved_mem_mb * 1024 * 1024
+        if reserved > facts.memory:
+            self.log.warning(
+                "host.reserved.mem.mb is more than the host's memory: offering none to guests",
+                reserved_mib=cfg.host_reserved_mem_mb,
+                memory_mib=facts.memory // (1024 * 1024),
+            )
+        # Keys with an empty value are left out, as the Java agent's parser of versions.sh
+        # leaves them out.
+        os_details = {
+            "Host.OS": facts.os_name,
+            "Host.OS.Version": facts.os_version,
+            "Host.OS.Kernel.Version": facts.kernel,
+        }
         return StartupRoutingCommand(
             data_center=cfg.zone,
             pod=cfg.pod,
@@ -202,6 +218,10 @@ class AgentSession:
             name=facts.hostname,
             id=state.host_id,
             version=__version__,
+            iqn=facts.iqn,
+            # The Java agent reads these from public.network.device, which CloudStack's
+            # set-up points at the same bridge as the private one; storage falls back to
+            # the private interface there too.
             private_ip_address=private.ip if private else None,
             private_mac_address=private.mac if private else None,
             private_netmask=private.netmask if private else None,
@@ -212,27 +232,36 @@ class AgentSession:
             storage_mac_address=private.mac if private else None,
             storage_netmask=private.netmask if private else None,
             resource_name="LibvirtComputingResource",
-            ms_host_list=cfg.host,
+            gateway_ip_address=facts.gateway,
+            ms_host_list=self._ms_host_list(),
             arch=facts.arch,
             cpu_sockets=facts.cpu_sockets,
             cpus=facts.cpus,
             speed=facts.speed_mhz,
-            cpu_arch=facts.arch,
-            memory=facts.memory,
-            dom0_min_memory=facts.dom0_min_memory,
+            memory=max(facts.memory - reserved, 0),
+            dom0_min_memory=reserved,
             caps=facts.caps,
+            pool="/root",  # LibvirtComputingResource's default "pool"
             hypervisor_type="KVM",
-            hypervisor_version=facts.hypervisor_version,
+            # No hypervisorVersion: the KVM agent sends none, and the MS looks guest OS
+            # mappings up by the host's version ("default" when it has none).
             host_details={
+                **{k: v for k, v in os_details.items() if v},
                 "secured": "true" if await agent.secured() else "false",
-                "Host.OS": facts.os_name,
-                "Host.OS.Version": facts.os_version,
-                "Host.OS.Kernel.Version": facts.kernel,
                 "host.volume.encryption": "false",
                 "host.instance.conversion": "false",
-                "com.cloud.network.Networks.RouterPrivateIpStrategy": "DcGlobal",
+                "com.cloud.network.Networks.RouterPrivateIpStrategy": "HostLocal",
             },
         )
+
+    def _ms_host_list(self) -> str:
+        """The ``host`` value as the Java agent keeps it: the list the MS sent last
+        (kept in state.dir), else agent.properties' own."""
+        state = self.agent.state.current
+        if not state.ms_hosts:
+            return self.agent.config.host
+        hosts = ",".join(state.ms_hosts)
+        return f"{hosts}@{state.lb_algorithm}" if state.lb_algorithm else hosts
 
     def ping_soon(self) -> None:
         """Send an out-of-band ping now (a VM started or stopped)."""

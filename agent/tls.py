@@ -2,11 +2,25 @@
 
 Rebuilding per connection means a newly imported certificate is used by the next
 connection without restarting the agent.
+
+Trust (docs/operations.md, "Trust"): CloudStack's management server presents its root CA
+certificate itself as the TLS server certificate, and that certificate's keyUsage is
+keyCertSign | cRLSign only. OpenSSL's server-purpose check refuses such a certificate unless
+the trust store carries an explicit serverAuth trust setting for it: every certificate of
+cloud.ca.crt is therefore loaded as a "TRUSTED CERTIFICATE" (the certificate's DER followed by
+an X509_CERT_AUX naming serverAuth, what ``openssl x509 -addtrust serverAuth`` writes). An
+explicit trust setting only lifts the purpose check of the trusted certificates themselves;
+OpenSSL still verifies the chain, every signature and every certificate's dates (the anchor's
+included) during the handshake, before a single byte of the session can be sent.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 import ssl
+import tempfile
 from pathlib import Path
 
 from attrs import frozen
@@ -14,6 +28,11 @@ from attrs import frozen
 CA_FILE = "cloud.ca.crt"
 CERT_FILE = "cloud.crt"
 KEY_FILE = "cloud.key"
+
+# X509_CERT_AUX ::= SEQUENCE { trust SEQUENCE OF OBJECT IDENTIFIER } holding only
+# id-kp-serverAuth: 30 0c (aux) 30 0a (trust) 06 08 2b06010505070301 (1.3.6.1.5.5.7.3.1).
+SERVER_AUTH_TRUST = bytes.fromhex("300c300a06082b06010505070301")
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.S)
 
 
 class TLSConfigError(Exception):
@@ -37,9 +56,10 @@ def client_context(
     insecure = False
     if ca.exists():
         try:
-            ctx.load_verify_locations(cafile=str(ca))
-        except (ssl.SSLError, OSError) as exc:
-            raise TLSConfigError(f"cannot load the CA bundle {ca}: {_reason(exc)}") from None
+            bundle = ca.read_bytes()
+        except OSError as exc:
+            raise TLSConfigError(f"cannot read the CA bundle {ca}: {_reason(exc)}") from None
+        load_trust_anchors(ctx, bundle, source=str(ca))
         # The MS presents its CA certificate itself, whose name is no host name of the MS.
         ctx.check_hostname = verify_hostname
     elif bootstrap_insecure:
@@ -64,6 +84,70 @@ def client_context(
         present = cert if cert.exists() else key
         raise TLSConfigError(f"{present} exists without its pair; both or neither are needed")
     return ClientTLS(context=ctx, insecure=insecure)
+
+
+def load_trust_anchors(ctx: ssl.SSLContext, bundle: bytes, *, source: str) -> None:
+    """Trust every certificate of the PEM ``bundle`` as an anchor for TLS servers.
+
+    ``cadata`` refuses "TRUSTED CERTIFICATE" blocks and drops the trust setting of DER
+    input, so the converted bundle goes through a private temporary file (0600, deleted at
+    once; it holds only public certificates).
+    """
+    anchors = trusted_certificates(bundle, source=source)
+    try:
+        with tempfile.NamedTemporaryFile(prefix="kvm-agent-trust-", suffix=".pem") as tmp:
+            tmp.write(anchors)
+            tmp.flush()
+            ctx.load_verify_locations(cafile=tmp.name)
+    except ssl.SSLError as exc:
+        raise TLSConfigError(f"cannot load the CA bundle {source}: {_reason(exc)}") from None
+    except OSError as exc:
+        raise TLSConfigError(
+            f"cannot load the CA bundle {source}: temporary file: {_reason(exc)} "
+            "(check that TMPDIR or /tmp is writable)"
+        ) from None
+
+
+def trusted_certificates(bundle: bytes, *, source: str) -> bytes:
+    """The CERTIFICATE blocks of ``bundle`` as TRUSTED CERTIFICATE blocks trusted for
+    serverAuth. Anything else in a PEM block is refused: a CA file holds certificates."""
+    out: list[bytes] = []
+    for number, match in enumerate(_PEM_BLOCK.finditer(bundle), start=1):
+        label = match.group(1).decode("ascii")
+        if label != "CERTIFICATE":
+            raise TLSConfigError(
+                f"{source}: PEM block {number} is a {label!r}; a CA file holds only "
+                "'CERTIFICATE' blocks"
+            )
+        try:
+            der = base64.b64decode(b"".join(match.group(2).split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise TLSConfigError(f"{source}: certificate {number} is not valid base64") from None
+        if not _is_one_der_sequence(der):
+            raise TLSConfigError(f"{source}: certificate {number} is not one DER certificate")
+        out.append(_pem("TRUSTED CERTIFICATE", der + SERVER_AUTH_TRUST))
+    if not out:
+        raise TLSConfigError(f"{source} holds no PEM certificate")
+    return b"".join(out)
+
+
+def _is_one_der_sequence(der: bytes) -> bool:
+    """True when ``der`` is exactly one DER SEQUENCE (what a certificate is)."""
+    if len(der) < 2 or der[0] != 0x30:
+        return False
+    first = der[1]
+    if first < 0x80:
+        return len(der) == 2 + first
+    size = first & 0x7F
+    if size == 0 or size > 4 or len(der) < 2 + size:
+        return False
+    return len(der) == 2 + size + int.from_bytes(der[2 : 2 + size], "big")
+
+
+def _pem(label: str, der: bytes) -> bytes:
+    body = base64.b64encode(der)
+    lines = b"\n".join(body[i : i + 64] for i in range(0, len(body), 64))
+    return b"-----BEGIN %s-----\n%s\n-----END %s-----\n" % (label.encode(), lines, label.encode())
 
 
 def _reason(exc: Exception) -> str:

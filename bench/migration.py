@@ -30,7 +30,7 @@ from typing import Any, Final
 import trio
 
 from agent import logs
-from lab.ca import LabCA
+from lab.ca import LAB_CA_DIRNAME, LabCA
 from lab.cloud import ROOT, LabCloud
 from lab.hosts import DEFAULT_WORKDIR, Lab
 
@@ -109,7 +109,7 @@ def summarize(migrations: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def run(rounds: int = ROUNDS) -> dict[str, Any]:
-    ca = LabCA.load_or_create(WORKDIR / "ca")
+    ca = LabCA.load_or_create(WORKDIR / LAB_CA_DIRNAME)
     lab = await trio.to_thread.run_sync(lambda: Lab.create(WORKDIR, ca=ca))
     base = Path(tempfile.mkdtemp(prefix="kvm-agent-bench-"))
     cloud = LabCloud(lab, base, ca)

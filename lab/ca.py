@@ -1,15 +1,28 @@
-"""A lab certificate authority, as the CloudStack management server keeps one.
+"""A lab certificate authority, made the way CloudStack's root CA provider makes one.
 
 The Java MS generates a self-signed root CA and presents that very certificate as its TLS
 server certificate on port 8250; agents trust it and get their own certificates signed by
-it. This module does the same with ``cryptography``. Private keys are written with mode
-0600 and never logged.
+it. Facts from CloudStack's ``RootCAProvider`` and ``CertUtils.generateV3Certificate``:
+
+* root CA: RSA of 2 x ``ca.framework.cert.keysize`` (2048) = 4096 bits, SHA256withRSA, a
+  64-bit random serial, valid from 12 hours ago for 30 years, subject = issuer =
+  ``CN=ca.cloudstack.apache.org``; extensions basicConstraints CA:true (critical), keyUsage
+  keyCertSign | cRLSign **only** (critical), subjectKeyIdentifier;
+* host certificates: RSA 2048, valid from 12 hours ago for ``validityDays`` (365), subject
+  from the CSR, extensions authorityKeyIdentifier, subjectKeyIdentifier and the SANs (IP
+  addresses, then DNS names): **no** basicConstraints, keyUsage or extendedKeyUsage.
+
+A CA made otherwise hides problems a real MS shows (issue 9: OpenSSL refuses the
+keyCertSign-only server certificate unless the agent trusts it explicitly), so
+:meth:`LabCA.load` refuses a CA on disk that is not made this way. Private keys are written
+with mode 0600 and never logged.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import secrets
 import ssl
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -19,17 +32,31 @@ from attrs import field, frozen
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from agent.fsutil import atomic_write
 
 KEY_FILE: Final = "ca.key"
 CERT_FILE: Final = "ca.crt"
 DEFAULT_CA_NAME: Final = "ca.cloudstack.apache.org"
-_CA_VALIDITY: Final = dt.timedelta(days=3650)
-_CLOCK_SKEW: Final = dt.timedelta(minutes=5)  # hosts' clocks are rarely exact
-
-SigningKey = ec.EllipticCurvePrivateKey
+# The lab's CA directory under its workdir. Not "ca": that directory holds the EC CA of
+# checkouts from before issue 9, which other checkouts on the machine may still use.
+LAB_CA_DIRNAME: Final = "root-ca"
+CA_KEY_BITS: Final = 4096  # 2 x ca.framework.cert.keysize
+HOST_KEY_BITS: Final = 2048  # ca.framework.cert.keysize
+_CA_VALIDITY: Final = dt.timedelta(days=30 * 365)
+_BACKDATE: Final = dt.timedelta(hours=12)  # CertUtils: notBefore = now - 12 h
+_CA_KEY_USAGE: Final = x509.KeyUsage(
+    digital_signature=False,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
 
 
 class CAError(Exception):
@@ -40,11 +67,11 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _new_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
+def _serial() -> int:
+    return secrets.randbits(64) or 1  # CertUtils: new BigInteger(64, SecureRandom)
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+def _key_pem(key: rsa.RSAPrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -53,14 +80,42 @@ def _key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
 
 
 def san_entries(names: Iterable[str]) -> list[x509.GeneralName]:
-    """IP address strings become IPAddress SANs, anything else a DNSName."""
-    out: list[x509.GeneralName] = []
+    """IP addresses first, then DNS names, each once (CertUtils' order)."""
+    ips: list[x509.GeneralName] = []
+    dns: list[x509.GeneralName] = []
     for name in names:
+        if not name:
+            continue
         try:
-            out.append(x509.IPAddress(ipaddress.ip_address(name)))
+            entry: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(name))
+            target = ips
         except ValueError:
-            out.append(x509.DNSName(name))
-    return out
+            entry, target = x509.DNSName(name), dns
+        if entry not in target:
+            target.append(entry)
+    return ips + dns
+
+
+def not_cloudstack_made(cert: x509.Certificate) -> list[str]:
+    """How ``cert`` differs from a root CA certificate CloudStack makes (empty: it does not)."""
+    problems = []
+    if not isinstance(cert.public_key(), rsa.RSAPublicKey):
+        problems.append(f"key is {type(cert.public_key()).__name__}, not RSA")
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage)
+        if not usage.critical or usage.value != _CA_KEY_USAGE:
+            problems.append("keyUsage is not exactly keyCertSign|cRLSign (critical)")
+    except x509.ExtensionNotFound:
+        problems.append("no keyUsage")
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints)
+        if not constraints.value.ca:
+            problems.append("basicConstraints is not CA:true")
+    except x509.ExtensionNotFound:
+        problems.append("no basicConstraints")
+    if cert.subject != cert.issuer:
+        problems.append("not self-signed")
+    return problems
 
 
 @frozen
@@ -68,7 +123,7 @@ class LabCA:
     """A root CA on disk: ``ca.key`` (0600) and ``ca.crt`` in ``directory``."""
 
     directory: Path
-    _key: SigningKey = field(repr=False)
+    _key: rsa.RSAPrivateKey = field(repr=False)
     certificate: x509.Certificate
 
     @property
@@ -86,41 +141,33 @@ class LabCA:
     # --- creating and loading -------------------------------------------------------
 
     @classmethod
-    def create(cls, directory: Path, common_name: str = DEFAULT_CA_NAME) -> LabCA:
+    def create(
+        cls,
+        directory: Path,
+        common_name: str = DEFAULT_CA_NAME,
+        *,
+        not_before: dt.datetime | None = None,
+        not_after: dt.datetime | None = None,
+    ) -> LabCA:
+        """A new root CA; dates other than CloudStack's only to test refusals."""
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = _new_key()
+        key = rsa.generate_private_key(public_exponent=65537, key_size=CA_KEY_BITS)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         now = _now()
-        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+        start = not_before or now - _BACKDATE
         cert = (
             x509.CertificateBuilder()
             .subject_name(name)
             .issuer_name(name)
             .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _CLOCK_SKEW)
-            .not_valid_after(now + _CA_VALIDITY)
+            .serial_number(_serial())
+            .not_valid_before(start)
+            .not_valid_after(not_after or now + _CA_VALIDITY)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            # digital_signature too: this certificate is also the TLS server certificate.
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(ski, critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
-                critical=False,
-            )
+            # No digitalSignature, although this is also the TLS server certificate:
+            # that is how CloudStack makes it, and what agents must accept.
+            .add_extension(_CA_KEY_USAGE, critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .sign(key, hashes.SHA256())
         )
         atomic_write(directory / KEY_FILE, _key_pem(key), mode=0o600)
@@ -142,8 +189,14 @@ class LabCA:
         except (ValueError, TypeError) as exc:
             # The exception text never holds key material, only what was wrong.
             raise CAError(f"the CA in {directory} is unreadable: {exc}") from None
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise CAError(f"{directory / KEY_FILE} is not an EC key")
+        problems = not_cloudstack_made(cert)
+        if problems or not isinstance(key, rsa.RSAPrivateKey):
+            raise CAError(
+                f"the CA in {directory} is not made the way CloudStack makes its root CA "
+                f"({'; '.join(problems) or 'the key is not RSA'}): it was made by an older "
+                f"version of the lab; remove {directory} to get a new one (whatever trusts "
+                "the old CA must then get the new one)"
+            )
         if key.public_key() != cert.public_key():
             raise CAError(f"{KEY_FILE} and {CERT_FILE} in {directory} do not belong together")
         return cls(directory, key, cert)
@@ -169,41 +222,21 @@ class LabCA:
         not_before: dt.datetime,
         not_after: dt.datetime,
     ) -> bytes:
+        # What CloudStack puts in a host certificate, and nothing more: no keyUsage, no
+        # extendedKeyUsage, no basicConstraints (libvirt, QEMU and OpenSSL accept that).
         builder = (
             x509.CertificateBuilder()
             .subject_name(subject)
             .issuer_name(self.certificate.subject)
             .public_key(public_key)
-            .serial_number(x509.random_serial_number())
+            .serial_number(_serial())
             .not_valid_before(not_before)
             .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    # RSA key exchange needs it; meaningless for EC keys.
-                    key_encipherment=isinstance(public_key, rsa.RSAPublicKey),
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
                 critical=False,
             )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         )
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -213,7 +246,8 @@ class LabCA:
     def sign_csr(
         self, csr_pem: bytes, *, extra_sans: Sequence[str] = (), validity_days: int = 365
     ) -> bytes:
-        """A PEM certificate for the CSR: its subject and SANs plus ``extra_sans``."""
+        """A PEM certificate for the CSR: its subject; its IP and DNS SANs plus
+        ``extra_sans`` (the MS adds the host's names and addresses), IPs first."""
         try:
             csr = x509.load_pem_x509_csr(csr_pem)
         except ValueError as exc:
@@ -224,21 +258,18 @@ class LabCA:
         if not isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
             raise CAError(f"unsupported CSR key type {type(public_key).__name__}")
         try:
-            requested = list(
-                csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            )
+            requested = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         except x509.ExtensionNotFound:
-            requested = []
-        sans = list(requested)
-        for entry in san_entries(extra_sans):
-            if entry not in sans:
-                sans.append(entry)
+            requested = x509.SubjectAlternativeName([])
+        names = [*extra_sans]
+        names += [str(ip) for ip in requested.get_values_for_type(x509.IPAddress)]
+        names += requested.get_values_for_type(x509.DNSName)
         now = _now()
         return self._leaf(
             csr.subject,
             public_key,
-            sans,
-            now - _CLOCK_SKEW,
+            san_entries(names),
+            now - _BACKDATE,
             now + dt.timedelta(days=validity_days),
         )
 
@@ -250,14 +281,11 @@ class LabCA:
         not_before: dt.datetime | None = None,
         not_after: dt.datetime | None = None,
     ) -> tuple[bytes, bytes]:
-        """(key PEM, certificate PEM) for tests; pass dates in the past for an expired one.
-
-        RSA, as CloudStack issues: libvirt refuses a certificate whose key usage lacks
-        keyEncipherment, which only an RSA key carries here.
-        """
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        """(key PEM, certificate PEM), an RSA key as CloudStack makes for a host; pass
+        dates in the past for an expired certificate."""
+        key = rsa.generate_private_key(public_exponent=65537, key_size=HOST_KEY_BITS)
         now = _now()
-        start = not_before or now - _CLOCK_SKEW
+        start = not_before or now - _BACKDATE
         end = not_after or start + dt.timedelta(days=validity_days)
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         cert = self._leaf(subject, key.public_key(), san_entries(sans), start, end)

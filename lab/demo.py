@@ -23,7 +23,7 @@ from typing import Any
 import trio
 
 from agent import logs
-from lab.ca import LabCA
+from lab.ca import LAB_CA_DIRNAME, LabCA
 from lab.cloud import LabCloud
 from lab.hosts import DEFAULT_WORKDIR, Lab, count_marker, lab_unavailable
 
@@ -79,7 +79,7 @@ async def _migrate(
 
 async def full_story(base: Path) -> list[tuple[str, str]]:
     summary: list[tuple[str, str]] = []
-    ca = LabCA.load_or_create(WORKDIR / "ca")
+    ca = LabCA.load_or_create(WORKDIR / LAB_CA_DIRNAME)
     t = time.monotonic()
     lab = await trio.to_thread.run_sync(lambda: Lab.create(WORKDIR, ca=ca))
     say(

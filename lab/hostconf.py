@@ -90,11 +90,12 @@ migration_host = "{ip}"
 
 
 def issue_rsa(ca: LabCA, name: str, sans: Sequence[str]) -> tuple[bytes, bytes]:
-    """An RSA key and its certificate from ``ca``, as CloudStack issues them.
+    """An RSA key and its certificate from ``ca``, the way a CloudStack host gets them:
+    a CSR signed by the MS's root CA, which adds the host's addresses as SANs.
 
-    Not ``LabCA.issue``: its EC certificates have a critical keyUsage without
-    keyEncipherment, which libvirt 9.0 and QEMU refuse ("usage does not permit key
-    encipherment"); ``sign_csr`` adds keyEncipherment for an RSA key.
+    The certificate has no keyUsage or extendedKeyUsage at all, as CloudStack's. GnuTLS
+    (libvirt, QEMU) checks a key usage only when the extension is present; a keyUsage
+    without keyEncipherment is what it refuses ("usage does not permit key encipherment").
     """
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     csr = (

@@ -8,8 +8,9 @@ body), ``receive_message`` turns a plaintext message into a :class:`Request` or 
 from __future__ import annotations
 
 import enum
+import itertools
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from attrs import field, frozen
 
@@ -78,6 +79,9 @@ class Session:
     The agent numbers its requests from 0; the management server from a random
     ``0..32767 << 48``. Responses are paired to requests in flight by sequence alone.
     The management end accepts nothing before a StartupRoutingCommand.
+
+    ``sequences`` lets the owner keep one counter across sessions: the Java agent numbers
+    every request of its process with one counter, whatever the connection.
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class Session:
         role: Role,
         *,
         first_sequence: int = 0,
+        sequences: Iterator[int] | None = None,
         mgmt_id: int = -1,
         agent_id: int = -1,
         max_body: int = DEFAULT_MAX_BODY,
@@ -93,13 +98,13 @@ class Session:
         self.mgmt_id = mgmt_id
         self.agent_id = agent_id
         self.max_body = max_body
-        self._next_sequence = first_sequence
+        self._sequences = sequences if sequences is not None else itertools.count(first_sequence)
         self._in_flight: dict[int, Request] = {}
         self._started = role is Role.AGENT
 
     @classmethod
-    def for_agent(cls, agent_id: int = -1) -> Session:
-        return cls(Role.AGENT, agent_id=agent_id)
+    def for_agent(cls, agent_id: int = -1, sequences: Iterator[int] | None = None) -> Session:
+        return cls(Role.AGENT, agent_id=agent_id, sequences=sequences)
 
     @classmethod
     def for_management(cls, mgmt_id: int, rng: random.Random | None = None) -> Session:
@@ -134,7 +139,7 @@ class Session:
             flags |= Flags.FROM_SERVER
         header = Header(
             flags=flags,
-            sequence=self._next_sequence,
+            sequence=next(self._sequences),
             length=0,
             # The agent writes -1 as mgmtId in its own requests, as the Java agent does.
             mgmt_id=self.mgmt_id if self.role is Role.MANAGEMENT else -1,
@@ -142,7 +147,6 @@ class Session:
             via=self.agent_id,
         )
         header, data = _encode(header, commands)
-        self._next_sequence += 1
         request = Request(header, commands)
         if expect_response:
             self._in_flight[request.sequence] = request

@@ -22,6 +22,7 @@ from agent.config import AgentConfig
 from agent.daemon import Agent
 from lab.ca import LabCA
 from lab.mgmt import ManagementServer
+from tests.cert_env import cloudstack_ca
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,7 +38,7 @@ def free_port() -> int:
 
 
 def shared_ca(base: Path) -> LabCA:
-    return LabCA.load_or_create(base / "shared-ca")
+    return cloudstack_ca(base / "shared-ca")
 
 
 def ms_state_dir(base: Path, name: str, ca: LabCA) -> Path:

@@ -2,11 +2,15 @@ from __future__ import annotations
 
 import os
 import ssl
+import tempfile
+from pathlib import Path
 
 import pytest
-import trustme
 from hypothesis import HealthCheck, settings
 
+from agent.tls import client_context as agent_client_context
+from lab.ca import LabCA
+from tests.cert_env import cloudstack_ca
 from tests.conftest_lab import lab  # noqa: F401  (the session's two-host lab)
 
 # CI fuzzes every decoder with at least 10,000 examples; local runs stay quick.
@@ -18,30 +22,31 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 @pytest.fixture(scope="session")
-def ca() -> trustme.CA:
-    return trustme.CA(organization_name="test ms ca")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> LabCA:
+    """A management server's CA made the way CloudStack makes it (keyCertSign|cRLSign)."""
+    return cloudstack_ca(tmp_path_factory.mktemp("ms-ca"))
 
 
 @pytest.fixture(scope="session")
-def other_ca() -> trustme.CA:
-    return trustme.CA(organization_name="another ca")
+def other_ca(tmp_path_factory: pytest.TempPathFactory) -> LabCA:
+    """Another CloudStack CA: the same subject, another key."""
+    return LabCA.create(tmp_path_factory.mktemp("other-ca"))
 
 
-def tls12_server_context(ca: trustme.CA, *, require_client_cert: bool = True) -> ssl.SSLContext:
-    """A management-server context as the Java MS has it: TLS 1.2 only."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-    ca.issue_cert("ms.test", "127.0.0.1").configure_cert(ctx)
-    ca.configure_trust(ctx)
-    ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_NONE
-    return ctx
+def tls12_server_context(ca: LabCA, *, require_client_cert: bool = True) -> ssl.SSLContext:
+    """A management-server context as the Java MS has it: TLS 1.2 only, the CA
+    certificate itself as the server certificate."""
+    return ca.server_context(require_client_cert=require_client_cert)
 
 
-def client_context(ca: trustme.CA, trust: trustme.CA | None = None) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.check_hostname = False
-    (trust or ca).configure_trust(ctx)
-    ca.issue_cert("agent.test", "127.0.0.1").configure_cert(ctx)
-    return ctx
+def client_context(
+    ca: LabCA, trust: LabCA | None = None, *, with_client_cert: bool = True
+) -> ssl.SSLContext:
+    """The agent's own context (agent.tls) for a cert.dir with ``trust`` (default: ``ca``)
+    as cloud.ca.crt and, optionally, a host certificate of ``ca``."""
+    with tempfile.TemporaryDirectory(prefix="agent-certs-") as tmp:
+        cert_dir = Path(tmp)
+        if with_client_cert:
+            ca.write_agent_set(cert_dir, "agent.test", sans=("127.0.0.1",))
+        (cert_dir / "cloud.ca.crt").write_bytes((trust or ca).cert_pem)
+        return agent_client_context(cert_dir).context

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab.ca import LabCA
+from lab.ca import LAB_CA_DIRNAME, LabCA
 from lab.hosts import DEFAULT_WORKDIR, Lab, lab_unavailable
 
 LAB_DIR = DEFAULT_WORKDIR
@@ -32,7 +32,7 @@ def lab() -> Iterator[Lab]:
         if lab_required():
             pytest.fail(f"the lab is required here (CI or KVMLAB_REQUIRED) but: {reason}")
         pytest.skip(reason)
-    built = Lab.create(LAB_DIR, ca=LabCA.load_or_create(LAB_DIR / "ca"))
+    built = Lab.create(LAB_DIR, ca=LabCA.load_or_create(LAB_DIR / LAB_CA_DIRNAME))
     try:
         yield built
     finally:

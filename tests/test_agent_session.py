@@ -139,6 +139,44 @@ async def test_reconnect_after_the_ms_closes_the_connection(tmp_path: Path) -> N
     assert again >= 0.45
 
 
+async def test_one_request_counter_for_the_life_of_the_agent(tmp_path: Path) -> None:
+    """As the Java agent's: a new connection goes on counting, it does not start at 0."""
+    async with running_ms(tmp_path, ping_interval=1) as ms:
+        config = agent_config(tmp_path, f"127.0.0.1:{ms.port}", agent_dir(tmp_path, ms.ca))
+        async with running_agent(config):
+            await ms.wait_for_request(
+                lambda g, r: isinstance(r.commands[0], PingRoutingCommand), timeout=10
+            )
+            await ms.disconnect(GUID)
+            with trio.fail_after(10):
+                while startups(ms) < 2:
+                    await trio.sleep(0.05)
+            await ms.wait_for_host(GUID, timeout=10)
+    sequences = [r.sequence for _, r in ms.received]
+    second = [r.sequence for g, r in ms.received if is_startup(g, r)][1]
+    assert sequences[0] == 0
+    assert second > 1  # a startup and at least one ping went before it
+    assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
+
+
+async def test_startup_reports_the_ms_list_the_ms_sent_last(tmp_path: Path) -> None:
+    """msHostList is the agent's current ``host`` value, as the Java agent persists it."""
+    async with running_ms(tmp_path, ping_interval=1) as ms:
+        ms.ms_host_list, ms.lb_algorithm = [f"127.0.0.1:{ms.port}"], "roundrobin"
+        config = agent_config(tmp_path, f"127.0.0.1:{ms.port}", agent_dir(tmp_path, ms.ca))
+        async with running_agent(config) as agent:
+            await ms.wait_for_host(GUID, timeout=10)
+            assert agent.session is not None
+            await agent.session.is_ready.wait()
+            await ms.disconnect(GUID)
+            with trio.fail_after(10):
+                while startups(ms) < 2:
+                    await trio.sleep(0.05)
+    first, second = [r.commands[0] for g, r in ms.received if is_startup(g, r)][:2]
+    assert first.ms_host_list == f"127.0.0.1:{ms.port}"  # type: ignore[attr-defined]
+    assert second.ms_host_list == f"127.0.0.1:{ms.port}@roundrobin"  # type: ignore[attr-defined]
+
+
 async def test_send_startup_on_request(tmp_path: Path) -> None:
     async with running_ms(tmp_path, ping_interval=1) as ms:
         config = agent_config(tmp_path, f"127.0.0.1:{ms.port}", agent_dir(tmp_path, ms.ca))

@@ -41,14 +41,14 @@ from tests.agent_env import (
     running_agent,
     running_ms,
 )
-from tests.cert_env import expired, snapshot, write_set
+from tests.cert_env import cloudstack_ca, expired, snapshot, write_set
 
 GUID = guid_of("agent1")
 
 
 @pytest.fixture
 def cloud_ca(tmp_path: Path) -> LabCA:
-    return LabCA.create(tmp_path / "cloud-ca")
+    return cloudstack_ca(tmp_path / "cloud-ca")
 
 
 def test_csr_subject_and_sans(tmp_path: Path) -> None:

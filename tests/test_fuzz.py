@@ -13,10 +13,10 @@ import struct
 from typing import Any
 
 import pytest
-import trustme
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from lab.ca import LabCA
 from protocol.codec import decode_array, decode_body, encode_messages
 from protocol.errors import BodyError, HeaderError, LinkError, ProtocolError
 from protocol.header import Header
@@ -115,7 +115,7 @@ def test_session_decoder_with_valid_headers(items: list[Any], flags: int, lie: b
 
 
 @pytest.fixture(scope="module")
-def contexts(ca: trustme.CA) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+def contexts(ca: LabCA) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     return client_context(ca), tls12_server_context(ca)
 
 

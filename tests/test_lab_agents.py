@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import trio
+from cryptography import x509
 
-from lab.ca import LabCA
+from lab.ca import LAB_CA_DIRNAME, LabCA
 from lab.cloud import LabCloud as Cloud
 from lab.hosts import Lab, count_marker
 from tests.conftest_lab import LAB_DIR
@@ -37,7 +38,7 @@ def _clear_guest(lab: Lab) -> None:
 @pytest.fixture(scope="module")
 def cloud(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     _clear_guest(lab)
-    c = Cloud(lab, tmp_path_factory.mktemp("cloud"), LabCA.load(LAB_DIR / "ca"))
+    c = Cloud(lab, tmp_path_factory.mktemp("cloud"), LabCA.load(LAB_DIR / LAB_CA_DIRNAME))
     try:
         c.start_ms("ms1", "a")
         c.start_agent("a")
@@ -129,6 +130,16 @@ async def test_tcp_then_provisioning_then_native_tls_migration(
     assert b.virsh("domid", VM).strip() == vm_id and b.domain_state(VM) == "running"
     served = await trio.to_thread.run_sync(_served_certificate, lab, "a", "b")
     assert served == _der(cloud.agent_dir("b") / "certs" / "cloud.crt")
+    # Certificates as CloudStack makes them, accepted by libvirtd and (step 3) QEMU: the
+    # host's carries no keyUsage/extendedKeyUsage, the CA's keyUsage is certSign|cRLSign.
+    host_cert = x509.load_der_x509_certificate(served)
+    assert {type(e.value) for e in host_cert.extensions} == {
+        x509.AuthorityKeyIdentifier,
+        x509.SubjectKeyIdentifier,
+        x509.SubjectAlternativeName,
+    }
+    ca_usage = cloud.ca.certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert ca_usage.key_cert_sign and not ca_usage.digital_signature
     events = [e["event"] for e in cloud.log_events("b")]
     assert "libvirtd uses the new certificate" in events
 

@@ -6,8 +6,8 @@ import ssl
 import struct
 
 import pytest
-import trustme
 
+from lab.ca import LabCA
 from protocol.errors import FrameError, MessageTooLarge, TLSError
 from protocol.link import (
     MAX_CHUNK,
@@ -42,7 +42,7 @@ def pump(a: Link, b: Link, first: bytes = b"") -> tuple[list[LinkEvent], list[Li
     return events_a, events_b
 
 
-def connected(ca: trustme.CA, **kw: int) -> tuple[Link, Link]:
+def connected(ca: LabCA, **kw: int) -> tuple[Link, Link]:
     client = Link(client_context(ca), server_side=False, **kw)
     server = Link(tls12_server_context(ca), server_side=True, **kw)
     ev_c, ev_s = pump(client, server, client.initiate())
@@ -63,7 +63,7 @@ def chunks(wire: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
-def test_small_message_is_one_chunk_without_more_bit(ca: trustme.CA) -> None:
+def test_small_message_is_one_chunk_without_more_bit(ca: LabCA) -> None:
     client, server = connected(ca)
     wire = client.send_message(b"x" * 264)
     ((header, record),) = chunks(wire)
@@ -74,7 +74,7 @@ def test_small_message_is_one_chunk_without_more_bit(ca: trustme.CA) -> None:
     assert server.next_event() is None
 
 
-def test_large_message_splits_into_records_and_reassembles(ca: trustme.CA) -> None:
+def test_large_message_splits_into_records_and_reassembles(ca: LabCA) -> None:
     client, server = connected(ca)
     payload = bytes(range(256)) * 800  # 200 KiB
     wire = client.send_message(payload)
@@ -92,7 +92,7 @@ def test_large_message_splits_into_records_and_reassembles(ca: trustme.CA) -> No
     assert events == [MessageReceived(payload)]
 
 
-def test_several_messages_in_one_read(ca: trustme.CA) -> None:
+def test_several_messages_in_one_read(ca: LabCA) -> None:
     client, server = connected(ca)
     wire = b"".join(client.send_message(f"msg {i}".encode() * 3000) for i in range(5))
     server.receive_data(wire)
@@ -102,13 +102,13 @@ def test_several_messages_in_one_read(ca: trustme.CA) -> None:
     assert got == [MessageReceived(f"msg {i}".encode() * 3000) for i in range(5)]
 
 
-def test_both_directions(ca: trustme.CA) -> None:
+def test_both_directions(ca: LabCA) -> None:
     client, server = connected(ca)
     client.receive_data(server.send_message(b"from server"))
     assert client.next_event() == MessageReceived(b"from server")
 
 
-def test_oversized_chunk_rejected(ca: trustme.CA) -> None:
+def test_oversized_chunk_rejected(ca: LabCA) -> None:
     _, server = connected(ca)
     server.receive_data(struct.pack(">I", MAX_CHUNK + 1) + b"\0" * 10)
     with pytest.raises(FrameError, match="exceeds the limit of 18000"):
@@ -117,14 +117,14 @@ def test_oversized_chunk_rejected(ca: trustme.CA) -> None:
         server.next_event()
 
 
-def test_unknown_header_bits_rejected(ca: trustme.CA) -> None:
+def test_unknown_header_bits_rejected(ca: LabCA) -> None:
     _, server = connected(ca)
     server.receive_data(struct.pack(">I", 0x20010))
     with pytest.raises(FrameError, match="unknown bits"):
         server.next_event()
 
 
-def test_record_cut_across_chunks_rejected(ca: trustme.CA) -> None:
+def test_record_cut_across_chunks_rejected(ca: LabCA) -> None:
     client, server = connected(ca)
     ((_, record),) = chunks(client.send_message(b"hello"))
     cut = struct.pack(">I", 10 | MORE_CHUNKS) + record[:10]
@@ -133,7 +133,7 @@ def test_record_cut_across_chunks_rejected(ca: trustme.CA) -> None:
         server.next_event()
 
 
-def test_corrupt_record_rejected(ca: trustme.CA) -> None:
+def test_corrupt_record_rejected(ca: LabCA) -> None:
     client, server = connected(ca)
     ((_, record),) = chunks(client.send_message(b"hello"))
     bad = record[:-1] + bytes([record[-1] ^ 1])
@@ -142,7 +142,7 @@ def test_corrupt_record_rejected(ca: trustme.CA) -> None:
         server.next_event()
 
 
-def test_max_message_size_enforced_while_buffering(ca: trustme.CA) -> None:
+def test_max_message_size_enforced_while_buffering(ca: LabCA) -> None:
     client, _ = connected(ca)
     server = Link(tls12_server_context(ca), server_side=True, max_message_size=20_000)
     client = Link(client_context(ca), server_side=False)
@@ -154,38 +154,35 @@ def test_max_message_size_enforced_while_buffering(ca: trustme.CA) -> None:
         server.next_event()
 
 
-def test_client_rejects_server_from_other_ca(ca: trustme.CA, other_ca: trustme.CA) -> None:
+def test_client_rejects_server_from_other_ca(ca: LabCA, other_ca: LabCA) -> None:
     client = Link(client_context(ca), server_side=False)
     server = Link(tls12_server_context(other_ca, require_client_cert=False), server_side=True)
     with pytest.raises(TLSError, match="certificate"):
         pump(client, server, client.initiate())
 
 
-def test_server_rejects_client_without_certificate(ca: trustme.CA) -> None:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ca.configure_trust(ctx)
-    client = Link(ctx, server_side=False)
+def test_server_rejects_client_without_certificate(ca: LabCA) -> None:
+    client = Link(client_context(ca, with_client_cert=False), server_side=False)
     server = Link(tls12_server_context(ca), server_side=True)
     with pytest.raises(TLSError):
         pump(client, server, client.initiate())
 
 
-def test_not_tls_rejected(ca: trustme.CA) -> None:
+def test_not_tls_rejected(ca: LabCA) -> None:
     server = Link(tls12_server_context(ca), server_side=True)
     server.receive_data(b"GET / HTTP/1.1\r\n\r\n")
     with pytest.raises(TLSError, match="not a TLS record"):
         server.next_event()
 
 
-def test_eof_during_handshake(ca: trustme.CA) -> None:
+def test_eof_during_handshake(ca: LabCA) -> None:
     server = Link(tls12_server_context(ca), server_side=True)
     server.receive_data(b"")
     with pytest.raises(TLSError, match="closed during the TLS handshake"):
         server.next_event()
 
 
-def test_close_notify_and_eof(ca: trustme.CA) -> None:
+def test_close_notify_and_eof(ca: LabCA) -> None:
     client, server = connected(ca)
     server.receive_data(client.close())
     assert server.next_event() == LinkClosed(clean=True)
@@ -194,11 +191,13 @@ def test_close_notify_and_eof(ca: trustme.CA) -> None:
     assert server2.next_event() == LinkClosed(clean=False)
 
 
-def test_tls13_peer_refused(ca: trustme.CA) -> None:
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("ms.test").configure_cert(server_ctx)
+def test_tls13_peer_refused(ca: LabCA) -> None:
+    server_ctx = tls12_server_context(ca)
+    server_ctx.maximum_version = ssl.TLSVersion.TLSv1_3
     server_ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    client = Link(client_context(ca), server_side=False)
+    client_ctx = client_context(ca)
+    client_ctx.maximum_version = ssl.TLSVersion.TLSv1_3  # the agent's own stops at 1.2
+    client = Link(client_ctx, server_side=False)
     server = Link(server_ctx, server_side=True)
     with pytest.raises(TLSError, match=r"TLS 1\.2 only"):
         pump(client, server, client.initiate())

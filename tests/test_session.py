@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
-import trustme
 
+from lab.ca import LabCA
 from protocol import (
     BodyError,
     Connection,
@@ -43,7 +44,7 @@ def deliver(to: Connection, data: bytes) -> list[ConnectionEvent]:
     return events
 
 
-def pair(ca: trustme.CA) -> tuple[Connection, Connection]:
+def pair(ca: LabCA) -> tuple[Connection, Connection]:
     agent = Connection(Session.for_agent(), client_context(ca), server_side=False)
     ms = Connection(
         Session.for_management(mgmt_id=0xABC, rng=random.Random(1)),
@@ -76,7 +77,16 @@ def test_agent_sequence_starts_at_zero_and_ms_at_random_shifted() -> None:
     assert ms.send_request([ReadyCommand()])[0].sequence == first + 1
 
 
-def test_full_exchange_through_tls(ca: trustme.CA) -> None:
+def test_agent_sessions_can_share_one_counter() -> None:
+    counter = itertools.count()
+    first = Session.for_agent(sequences=counter)
+    assert [first.send_request([PingRoutingCommand()])[0].sequence for _ in range(3)] == [0, 1, 2]
+    second = Session.for_agent(agent_id=5, sequences=counter)
+    assert second.send_request([StartupRoutingCommand()])[0].sequence == 3
+    assert Session.for_agent().send_request([StartupRoutingCommand()])[0].sequence == 0
+
+
+def test_full_exchange_through_tls(ca: LabCA) -> None:
     agent, ms = pair(ca)
     startup, wire = agent.send_request([StartupRoutingCommand(name="kvm1")])
     (req,) = deliver(ms, wire)
@@ -100,7 +110,7 @@ def test_full_exchange_through_tls(ca: trustme.CA) -> None:
     assert answer.header.agent_id == 42
 
 
-def test_big_compressed_message_and_many_in_one_read(ca: trustme.CA) -> None:
+def test_big_compressed_message_and_many_in_one_read(ca: LabCA) -> None:
     agent, ms = pair(ca)
     deliver(ms, agent.send_request([StartupRoutingCommand()])[1])
     details = {f"key.{i:06d}": f"value {i} " * 8 for i in range(2600)}  # > 200 KiB of JSON
@@ -116,7 +126,7 @@ def test_big_compressed_message_and_many_in_one_read(ca: trustme.CA) -> None:
     assert [e.commands[0].host_id for e in events[1:]] == [0, 1, 2]  # type: ignore[union-attr]
 
 
-def test_ms_discards_anything_before_startup(ca: trustme.CA) -> None:
+def test_ms_discards_anything_before_startup(ca: LabCA) -> None:
     agent, ms = pair(ca)
     agent.session.forget(0)
     with pytest.raises(StartupRequired, match="must be a StartupRoutingCommand"):
@@ -126,7 +136,7 @@ def test_ms_discards_anything_before_startup(ca: trustme.CA) -> None:
     assert isinstance(req, Request)
 
 
-def test_response_pairing_by_sequence(ca: trustme.CA) -> None:
+def test_response_pairing_by_sequence(ca: LabCA) -> None:
     agent, ms = pair(ca)
     (startup,) = deliver(ms, agent.send_request([StartupRoutingCommand()])[1])
     assert isinstance(startup, Request)
@@ -143,7 +153,7 @@ def test_response_pairing_by_sequence(ca: trustme.CA) -> None:
         deliver(agent, ms.send_response(r1, [PingAnswer()]))
 
 
-def test_bad_body_error_carries_header_and_connection_goes_on(ca: trustme.CA) -> None:
+def test_bad_body_error_carries_header_and_connection_goes_on(ca: LabCA) -> None:
     agent, ms = pair(ca)
     deliver(ms, agent.send_request([StartupRoutingCommand()])[1])
     header = Header(Flags.REQUEST, 99, 5, -1, 3, 3)
@@ -154,7 +164,7 @@ def test_bad_body_error_carries_header_and_connection_goes_on(ca: trustme.CA) ->
     assert isinstance(ok, Request)
 
 
-def test_shutdown_is_in_sequence_and_close(ca: trustme.CA) -> None:
+def test_shutdown_is_in_sequence_and_close(ca: LabCA) -> None:
     agent, ms = pair(ca)
     deliver(ms, agent.send_request([StartupRoutingCommand()])[1])
     req, wire = agent.send_request(

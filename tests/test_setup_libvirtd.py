@@ -21,6 +21,7 @@ from agent.config import read_properties
 from agent.dhparams import DH_PARAMS, FFDHE3072_PEM
 from agent.pki import LIBVIRTD_CONF, PKI_LINKS, evaluate
 from lab.ca import LabCA
+from tests.cert_env import cloudstack_ca
 
 STOCK = Path("/etc/libvirt")
 QEMU_CONF = "etc/libvirt/qemu.conf"
@@ -80,7 +81,7 @@ class Host:
 
 @pytest.fixture(scope="module")
 def lab_ca(tmp_path_factory: pytest.TempPathFactory) -> LabCA:
-    return LabCA.create(tmp_path_factory.mktemp("ca"))
+    return cloudstack_ca(tmp_path_factory.mktemp("ca"))
 
 
 @pytest.fixture

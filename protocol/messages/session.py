@@ -65,14 +65,16 @@ class StartupCommand(Command):
 
 @frozen
 class StartupRoutingCommand(StartupCommand):
+    """The fields of the Java class (core/.../agent/api/StartupRoutingCommand.java), and
+    nothing else: tests/test_startup_golden.py holds the list."""
+
     JAVA_CLASS: ClassVar[str] = _API + "StartupRoutingCommand"
 
     cpu_sockets: int | None = jfield("cpuSockets", default=None)
     cpus: int = jfield("cpus", default=0)
     speed: int = jfield("speed", default=0)  # MHz
-    cpu_arch: str | None = jfield("cpuArch", default=None)
-    memory: int = jfield("memory", default=0)  # bytes
-    dom0_min_memory: int = jfield("dom0MinMemory", default=0)
+    memory: int = jfield("memory", default=0)  # bytes offered to guests
+    dom0_min_memory: int = jfield("dom0MinMemory", default=0)  # bytes kept for the host
     pool_sync: bool = jfield("poolSync", default=False)
     supports_cloned_volumes: bool = jfield("supportsClonedVolumes", default=False)
     caps: str | None = jfield("caps", default=None)
@@ -81,8 +83,8 @@ class StartupRoutingCommand(StartupCommand):
     host_details: dict[str, str] = jfield("hostDetails", factory=dict)
     host_tags: list[str] = jfield("hostTags", factory=list)
     hypervisor_version: str | None = jfield("hypervisorVersion", default=None)
-    group_details: dict[str, Any] | None = jfield("groupDetails", default=None)
-    gpu_devices: list[Any] | None = jfield("gpuDevices", default=None)
+    # GPU groups; the Java class starts with an empty map, so it is always on the wire.
+    group_details: dict[str, Any] = jfield("groupDetails", factory=dict)
     host_health_check_result: bool | None = jfield("hostHealthCheckResult", default=None)
 
 
