@@ -1,6 +1,7 @@
 """The lab guest: a tiny multiboot kernel whose RAM is full of a marker, and its domain XML.
 
-The kernel (``guest.S`` beside this file) is assembled at run time into the lab's workdir; no
+The kernel (``guest.S`` beside this file, with the filler it shares with the boot disk of
+:mod:`lab.bootdisk`, ``guest_fill.inc``) is assembled at run time into the lab's workdir; no
 binary is kept in the repository. Counting :data:`MARKER` in a capture of a migration tells
 whether guest memory crossed the wire in clear.
 """
@@ -17,6 +18,7 @@ from xml.sax.saxutils import escape
 
 MARKER: Final = b"KVMLAB-GUEST-RAM-MARKER-7f3a9c1e"
 SOURCE: Final = Path(__file__).with_name("guest.S")
+FILLER: Final = Path(__file__).with_name("guest_fill.inc")  # included by guest.S, bootdisk.S
 KERNEL_NAME: Final = "marker.elf"
 MEMORY_MIB: Final = 128
 # What the kernel prints on COM1 once 2-98 MiB hold the marker.
@@ -29,22 +31,33 @@ class GuestBuildError(RuntimeError):
     """The assembler or the linker failed, or the kernel lacks the marker."""
 
 
+def assemble(source: Path, out: Path, ld_args: list[str]) -> None:
+    """``as --32`` (includes found beside the source) and ``ld -m elf_i386 ld_args`` into
+    ``out``; GuestBuildError with the tool's message if either fails."""
+    obj = out.with_suffix(".o")
+    steps = (
+        ["as", "--32", "-I", str(source.parent), "-o", str(obj), str(source)],
+        ["ld", "-m", "elf_i386", *ld_args, "-o", str(out), str(obj)],
+    )
+    for argv in steps:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise GuestBuildError(f"{argv[0]} {source.name} failed: {done.stderr.strip()}")
+
+
 def build_kernel(directory: Path) -> Path:
     """Assemble and link the kernel into ``directory`` unless an up-to-date one is there."""
     kernel = directory / KERNEL_NAME
-    if kernel.exists() and kernel.stat().st_mtime >= SOURCE.stat().st_mtime:
+    newest = max(SOURCE.stat().st_mtime, FILLER.stat().st_mtime)
+    if kernel.exists() and kernel.stat().st_mtime >= newest:
         return kernel
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
-        obj, elf = Path(tmp) / "guest.o", Path(tmp) / KERNEL_NAME
+        elf = Path(tmp) / KERNEL_NAME
         # -N: one RWX segment; 1 MiB: QEMU's multiboot loader puts the kernel there.
-        ld = ["ld", "-m", "elf_i386", "-N", "-Ttext", "0x100000", "-e", "_start"]
-        for argv in (["as", "--32", "-o", str(obj), str(SOURCE)], [*ld, "-o", str(elf), str(obj)]):
-            done = subprocess.run(argv, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise GuestBuildError(f"{argv[0]} failed: {done.stderr.strip()}")
+        assemble(SOURCE, elf, ["-N", "-Ttext", "0x100000", "-e", "_start"])
         if MARKER not in elf.read_bytes():
-            raise GuestBuildError(f"{SOURCE} does not hold the marker {MARKER!r}")
+            raise GuestBuildError(f"{FILLER} does not hold the marker {MARKER!r}")
         elf.chmod(0o644)
         os.replace(elf, kernel)  # atomic: a concurrent reader never sees half a kernel
     return kernel

@@ -4,7 +4,8 @@ A host's tree (``<root>/fs/...``) holds its own ``/etc/libvirt`` (the package de
 the lab's ``libvirtd.conf`` and ``qemu.conf``), ``/etc/pki`` (links to its certificate
 directory, as CloudStack makes them, and QEMU's DH parameters, as the agent writes them),
 ``/etc/hosts``, ``/etc/hostname`` and empty ``/var/{lib,log,cache}/libvirt``;
-:func:`mount_script` binds them over the real paths inside the host's mount namespace.
+:func:`mount_script` binds them over the real paths inside the host's mount namespace, and
+the machine's directories that every host shares (the primary pool, :mod:`lab.storage`).
 """
 
 from __future__ import annotations
@@ -151,7 +152,13 @@ def write_tree(
     host_uuid = uuid.uuid5(uuid.NAMESPACE_URL, f"kvmlab:{name}")
     (etc_libvirt / "libvirtd.conf").write_text(libvirtd_conf(ip, host_uuid, tls))
     (etc_libvirt / "qemu.conf").write_text(qemu_conf(ip, tls))
-    for d in ("var/lib/libvirt/qemu", "var/log/libvirt/qemu", "var/cache/libvirt/qemu"):
+    # images: the host's own, unshared disks (lab.storage.LOCAL_IMAGES).
+    for d in (
+        "var/lib/libvirt/qemu",
+        "var/lib/libvirt/images",
+        "var/log/libvirt/qemu",
+        "var/cache/libvirt/qemu",
+    ):
         (fs / d).mkdir(parents=True)
     hosts = "".join(f"{peer_ip}\t{peer}\n" for peer, peer_ip in peers.items())
     (fs / "etc/hosts").write_text(f"127.0.0.1\tlocalhost\n{hosts}")
@@ -163,8 +170,9 @@ def write_tree(
         ensure_dh_params(fs)  # as the agent does: QEMU never generates its own
 
 
-def mount_script(fs: Path, name: str) -> str:
-    """Shell commands run inside the new mount and UTS namespaces."""
+def mount_script(fs: Path, name: str, shared: Mapping[str, Path] | None = None) -> str:
+    """Shell commands run inside the new mount and UTS namespaces; ``shared`` maps paths
+    inside the host to the machine's directories bound there (the mount points exist)."""
     q = shlex.quote
     lines = [
         # Drop this namespace's copies of the machine's namespace files: they would keep
@@ -173,7 +181,16 @@ def mount_script(fs: Path, name: str) -> str:
         "umount --lazy /run/netns 2>/dev/null || true",
         "mount -t tmpfs -o mode=0755,nosuid,nodev,size=64m kvmlab-run /run",
         "mkdir -p /run/libvirt /run/lock",
+        # A sysfs of the host's own network namespace (this script runs in it): its
+        # /sys/class/net and /sys/devices/virtual/net/<bridge>/brif, which CloudStack's
+        # network checks read, are the host's, not the machine's. The cgroup tree moves over.
+        "cg=/run/kvmlab-cgroup; mkdir $cg",
+        "if mountpoint -q /sys/fs/cgroup; then mount --rbind /sys/fs/cgroup $cg; fi",
+        "mount -t sysfs kvmlab-sys /sys",
+        "if mountpoint -q $cg; then mount --move $cg /sys/fs/cgroup; fi",
+        "rmdir $cg",
     ]
     lines += [f"mount --bind {q(str(fs / p.lstrip('/')))} {q(p)}" for p in BOUND]
+    lines += [f"mount --bind {q(str(src))} {q(p)}" for p, src in (shared or {}).items()]
     lines.append(f"hostname {q(name)}")
     return "\n".join(lines)

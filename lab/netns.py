@@ -1,8 +1,11 @@
 """The namespaces of the lab hosts: making them, entering them, and sweeping them away.
 
-Every lab object carries the fixed :data:`PREFIX` (network namespaces ``kvmlab-<host>``, veths
-``kvmlab-v<host>``, mount and UTS namespace files under ``/run/kvmlab``), so the leftovers of a
-crashed run are found without any state of ours.
+Every lab object in the machine's own namespaces carries the fixed :data:`PREFIX` (network
+namespaces ``kvmlab-<host>``, mount and UTS namespace files under ``/run/kvmlab``), so the
+leftovers of a crashed run are found without any state of ours. Inside its network namespace
+a host is wired like a CloudStack KVM host: the Linux bridge :data:`BRIDGE` (the default
+traffic label) holds the host's IP and enslaves its uplink :data:`UPLINK`, one end of the veth
+pair that joins the hosts; both die with the namespace.
 """
 
 from __future__ import annotations
@@ -22,8 +25,12 @@ from attrs import frozen
 PREFIX: Final = "kvmlab"
 NS_DIR: Final = Path("/run/kvmlab")
 NETNS_DIR: Final = Path("/run/netns")
-# Interface names have at most 15 characters: "kvmlab-v" leaves 7 for the host name.
 HOST_NAME: Final = re.compile(r"[a-z][a-z0-9]{0,6}")
+# CloudStack's default traffic label. Its Java agent counts a bridge as present only with a
+# "physical" port, one whose name starts with eth, bond, en... (never a vnet tap): the veth
+# is that port, named so inside the namespace.
+BRIDGE: Final = "cloudbr0"
+UPLINK: Final = "eth0"
 
 log = structlog.get_logger("lab.netns")
 
@@ -65,7 +72,13 @@ class HostNamespaces:
 
     @property
     def veth(self) -> str:
-        return f"{PREFIX}-v{self.host}"
+        """The uplink: the host's end of the veth pair, a port of :attr:`bridge`."""
+        return UPLINK
+
+    @property
+    def bridge(self) -> str:
+        """The bridge that holds the host's IP and takes the VMs' NICs."""
+        return BRIDGE
 
     @property
     def mnt_file(self) -> Path:
@@ -120,18 +133,25 @@ def _private_ns_dir() -> None:
         sh(["mount", "--make-private", str(NS_DIR)])
 
 
-def create_link(a: tuple[HostNamespaces, str], b: tuple[HostNamespaces, str]) -> None:
-    """Two network namespaces joined by a veth pair; ``(namespaces, "ip/len")`` each."""
-    for ns, _ in (a, b):
+def create_link(*ends: tuple[HostNamespaces, str, str]) -> None:
+    """Two network namespaces joined by a veth pair, ``(namespaces, "ip/len", mac)`` each:
+    in each, the bridge with the IP and the veth as its port (MACs fixed: the bridge keeps
+    its uplink's, never a VM tap's)."""
+    (ns_a, _, mac_a), (ns_b, _, mac_b) = ends
+    for ns, _, _ in ends:
         sh(["ip", "netns", "add", ns.net])
-    (ns_a, _), (ns_b, _) = a, b
     # Created straight inside the namespaces: never visible in the machine's own.
-    veth_a = ["ip", "link", "add", ns_a.veth, "netns", ns_a.net, "type", "veth"]
-    sh([*veth_a, "peer", "name", ns_b.veth, "netns", ns_b.net])
-    for ns, cidr in (a, b):
-        sh(["ip", "-n", ns.net, "addr", "add", cidr, "dev", ns.veth])
-        sh(["ip", "-n", ns.net, "link", "set", "lo", "up"])
-        sh(["ip", "-n", ns.net, "link", "set", ns.veth, "up"])
+    veth_a = ["ip", "link", "add", ns_a.veth, "address", mac_a, "netns", ns_a.net, "type", "veth"]
+    sh([*veth_a, "peer", "name", ns_b.veth, "address", mac_b, "netns", ns_b.net])
+    for ns, cidr, mac in ends:
+        ip = ["ip", "-n", ns.net]
+        # No STP (one link, no loop): a port forwards at once, as CloudStack's bridges do.
+        bridge = [*ip, "link", "add", ns.bridge, "address", mac, "type", "bridge"]
+        sh([*bridge, "stp_state", "0", "forward_delay", "0"])
+        sh([*ip, "link", "set", ns.veth, "master", ns.bridge])
+        sh([*ip, "addr", "add", cidr, "dev", ns.bridge])
+        for dev in ("lo", ns.veth, ns.bridge):
+            sh([*ip, "link", "set", dev, "up"])
 
 
 def lab_netns() -> list[str]:

@@ -6,9 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Build libvirt-python (libvirt-dev, pkg-config, gcc), run the two-host lab (libvirtd, QEMU,
-# tcpdump, iproute2, binutils for the test guest) and check the systemd unit (systemd).
+# qemu-img for disk images, tcpdump, iproute2, binutils for the test guest, gcc for its
+# clusterfs shim) and check the systemd unit (systemd).
 PKGS=(python3-venv python3-dev gcc pkg-config libvirt-dev libvirt-daemon-system
-      libvirt-clients qemu-system-x86 tcpdump iproute2 binutils systemd openssl)
+      libvirt-clients qemu-system-x86 qemu-utils tcpdump iproute2 binutils systemd openssl)
 
 missing=()
 for p in "${PKGS[@]}"; do

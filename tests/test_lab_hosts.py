@@ -7,7 +7,10 @@ QEMU's native TLS (``--tls``). They share the session's lab (tests/conftest_lab.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
 import time
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import pytest
 from agent.dhparams import FFDHE3072_PEM
 from lab.hosts import Lab, LabHost, count_marker, teardown_all
 from lab.netns import NS_DIR, alive, lab_links, lab_mounts, lab_netns, netns_pids
+from lab.storage import SHARED_POOL_PATH
 from tests.test_lab_reaper import parent_of
 
 # Every test here takes the session's `lab` fixture, which skips, or fails in CI, when the
@@ -63,6 +67,31 @@ def test_hosts_have_their_own_identity_and_pki(lab: Lab) -> None:
         assert all(f"{peer.ip}\t{peer.name}" in hosts for peer in lab.hosts.values())
     # libvirt refuses to migrate to a host with its own UUID.
     assert len(uuids) == len(lab.hosts)
+
+
+# The ports CloudStack's Java agent takes for a bridge's physical uplink (CheckNetworkCommand).
+PHYSICAL = re.compile(r"(eth|bond|vlan|vx|em|ens|eno|enp|team|enx|dummy|lo|p\d+p\d+)")
+
+
+def test_hosts_are_wired_like_cloudstack_kvm_hosts(lab: Lab) -> None:
+    """cloudbr0 holds the host's IP and enslaves eth0, the veth to the other host; the host's
+    /sys is its own network namespace's, where the Java agent's checks look."""
+    for host in lab.hosts.values():
+        assert (host.bridge, host.veth) == ("cloudbr0", "eth0")
+        ports = host.check(["ls", f"/sys/devices/virtual/net/{host.bridge}/brif"]).split()
+        assert host.veth in ports and PHYSICAL.match(host.veth)
+        links = json.loads(host.check(["ip", "-j", "addr", "show"]))
+        by_name = {link["ifname"]: link for link in links}
+        assert set(host.check(["ls", "/sys/class/net"]).split()) == set(by_name)
+        addresses = {n: [a["local"] for a in link["addr_info"]] for n, link in by_name.items()}
+        assert host.ip in addresses[host.bridge]
+        assert not any(host.ip in found for n, found in addresses.items() if n != host.bridge)
+        assert by_name[host.veth]["master"] == host.bridge
+        # Fixed, so a VM tap joining the bridge never changes its MAC.
+        assert by_name[host.bridge]["address"] == by_name[host.veth]["address"]
+        assert host.check(["cat", f"/sys/class/net/{host.bridge}/addr_assign_type"]) == "3"
+    a, b = lab.hosts["a"], lab.hosts["b"]
+    assert a.virsh("hostname", uri=b.uri) == "b"  # through both bridges
 
 
 def test_remote_libvirtd_over_tcp_and_tls(lab: Lab) -> None:
@@ -128,24 +157,94 @@ def test_native_tls_migration_hides_guest_memory(lab: Lab, tmp_path: Path) -> No
     assert markers == 0
 
 
+def with_everything_running(lab: Lab) -> set[int]:
+    """A disk guest on the shared pool with a NIC on cloudbr0 (taps, pool mounts in use,
+    libvirtds with the shim); the pids in the lab's namespaces."""
+    a = lab.hosts["a"]
+    a.remove_domain("leftover")
+    disk = a.create_overlay(f"{SHARED_POOL_PATH}/leftover-root", lab.place_template())
+    a.define_disk_guest("leftover", disk, bridge=a.bridge)
+    a.wait_guest_filled("leftover")
+    return {pid for net in lab_netns() for pid in netns_pids(net)}
+
+
+def shim_users() -> list[int]:
+    """Processes with the lab's clusterfs shim loaded."""
+    users = []
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            if "libkvmlab-clusterfs" in maps.read_text():
+                users.append(int(maps.parent.name))
+        except OSError:
+            pass
+    return users
+
+
+def pool_mounts() -> list[int]:
+    """Processes whose mount namespace has the shared pool mounted."""
+    found = []
+    for info in Path("/proc").glob("[0-9]*/mountinfo"):
+        try:
+            lines = info.read_text().splitlines()
+        except OSError:
+            continue
+        if any(line.split()[4] == SHARED_POOL_PATH for line in lines):
+            found.append(int(info.parent.name))
+    return found
+
+
+def assert_nothing_left(lab: Lab, pids: set[int], marks: dict[str, bool]) -> None:
+    assert lab_netns() == []  # and the bridges, veths and taps inside them
+    assert lab_links() == []
+    assert lab_mounts() == []
+    assert not NS_DIR.exists()
+    assert not any(alive(pid) for pid in pids)
+    assert shim_users() == []
+    assert pool_mounts() == []
+    assert not (lab.workdir / "hosts").exists()
+    assert not lab.shared_pool_dir.exists()
+    assert not (lab.workdir / "reaper.pid").exists()
+    if marks["created-etc-pki"]:
+        assert not os.path.exists("/etc/pki")
+    if marks["created-shared-pool-mount-point"]:
+        assert not os.path.exists(SHARED_POOL_PATH)
+    # The build caches stay: the next run starts warm.
+    assert (lab.workdir / "guest").is_dir() and lab.cluster_fs_shim is not None
+    assert lab.cluster_fs_shim.exists()
+
+
+def lab_marks(lab: Lab) -> dict[str, bool]:
+    names = ("created-etc-pki", "created-shared-pool-mount-point")
+    return {name: (lab.workdir / name).exists() for name in names}
+
+
 def test_teardown_all_leaves_nothing_and_can_repeat(lab: Lab) -> None:
-    pids = {pid for net in lab_netns() for pid in netns_pids(net)}
-    assert len(pids) >= 4  # two libvirtd, two virtlogd (and the guest's QEMU, if any)
-    created_etc_pki = (lab.workdir / "created-etc-pki").exists()
+    pids = with_everything_running(lab)
+    assert len(pids) >= 5  # two libvirtd, two virtlogd, the guest's QEMU
+    assert len(shim_users()) == 2 and len(pool_mounts()) >= 5
+    marks = lab_marks(lab)
     assert lab.reaper is not None
     reaper = lab.reaper.proc.pid
     for _ in range(2):
         teardown_all(lab.workdir)
         assert not alive(reaper)
-        assert not (lab.workdir / "reaper.pid").exists()
-        assert lab_netns() == []
-        assert lab_links() == []
-        assert lab_mounts() == []
-        assert not NS_DIR.exists()
-        assert not any(alive(pid) for pid in pids)
-        assert not (lab.workdir / "hosts").exists()
-        if created_etc_pki:
-            assert not os.path.exists("/etc/pki")
+        assert_nothing_left(lab, pids, marks)
     # Later tests (other modules too) get the session's lab back.
+    lab.rebuild()
+    assert all(host.virsh("hostname") == host.name for host in lab.hosts.values())
+
+
+def test_teardown_all_after_a_crashed_run(lab: Lab) -> None:
+    """The runner and its reaper died (SIGKILL): the daemons and the QEMU live on, orphaned
+    to PID 1; a later teardown_all, which knows nothing of that run, removes it all."""
+    pids = with_everything_running(lab)
+    marks = lab_marks(lab)
+    assert lab.reaper is not None
+    reaper = lab.reaper.proc.pid
+    os.kill(reaper, signal.SIGKILL)
+    lab.reaper.proc.wait()
+    assert all(alive(pid) for pid in pids)
+    teardown_all(lab.workdir)
+    assert_nothing_left(lab, pids, marks)
     lab.rebuild()
     assert all(host.virsh("hostname") == host.name for host in lab.hosts.values())
