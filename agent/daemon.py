@@ -43,7 +43,7 @@ from protocol import Session
 EXIT_OK = 0
 EXIT_STOPPED_BY_MS = 10  # the MS sent ShutdownCommand: systemd must not restart us
 SHUTDOWN_NOTICE_TIMEOUT = 2.0  # for the ShutdownCommand to leave
-CLEANUP_SECONDS = 3.5  # after the grace period: abort migrations, read where their VMs are
+CLEANUP_SECONDS = 4.0  # after the grace period: abort migrations, read where their VMs are
 EXIT_MARGIN = 5.0  # the process ends within shutdown.grace.seconds + this, in every state
 
 log = structlog.get_logger("agent.daemon")

@@ -79,7 +79,7 @@ def start_event_loop() -> None:
 
 
 LifecycleListener = Callable[[str, int, int], None]  # domain name, event, detail
-CLOSE_TIMEOUT = 2.0
+CLOSE_TIMEOUT = 0.5  # closing comes last at exit: within shutdown.grace.seconds + 5 s
 
 
 @define

@@ -110,13 +110,20 @@ class Migrations:
             await self._idle.wait()
 
     def abort_all(self, reason: str, deadline: float) -> None:
-        """The agent stops: abort every running migration (abortJob); each reads its
-        outcome on both hosts by ``deadline`` and logs it."""
+        """The agent stops: abort every running migration (abortJob, at once, not at the
+        monitor's next poll); each reads its outcome on both hosts by ``deadline``, and
+        logs it."""
         for job in self._jobs:
             job.log.warning("aborting the migration", reason=reason)
             job.abort_reason = reason
             job.hurry(deadline)
             job.abort_now.set()
+            if self._nursery is not None:
+                self._nursery.start_soon(self._abort_job, job)
+
+    async def _abort_job(self, job: MigrationJob) -> None:
+        if await self._call_quietly(job.vm, lambda d: d.abortJob()) is None:
+            job.log.error("abortJob failed; libvirtd may carry the migration on")
 
     # --- destination ----------------------------------------------------------------
 
@@ -226,7 +233,7 @@ class Migrations:
         abort_after = timeout_for(cmd.wait, cfg.migrate_wait)
         if whole is not None:
             # Leave time, within the command's wait, to read the outcome on both hosts.
-            reserve = min(REMOTE_TIMEOUT + 10, whole / 4)
+            reserve = min(REMOTE_TIMEOUT + 10, whole / 2)
             abort_after = min(abort_after or math.inf, whole - reserve)
         native_tls = secured and cfg.migration_native_tls
         return MigrationJob(
@@ -235,25 +242,28 @@ class Migrations:
             uri=uri,
             log=log.bind(vm=vm, dest=dest, uri=uri, native_tls=native_tls),
             deadline=now + whole if whole is not None else math.inf,
+            limit=timeout_for(cmd.wait, cfg.migrate_wait),
             abort_after=abort_after,
         )
 
     async def _run_job(
         self, job: MigrationJob, cmd: MigrateCommand, cfg: AgentConfig, secured: bool
     ) -> None:
+        ended = False
         try:
             job.answer = await self._migrate(job, cmd, cfg, secured)
-        except trio.Cancelled:
-            job.log.error(
-                "the agent is exiting before libvirt returned from the migration; libvirtd "
-                "finishes or cancels the job on its own: check both hosts",
-                abort_reason=job.abort_reason,
-            )
-            raise
+            ended = True
         except Exception as exc:  # a bug: answer it, do not take the agent down
             job.log.exception("migration failed unexpectedly")
             job.answer = MigrateAnswer(result=False, details=f"{type(exc).__name__}: {exc}")
+            ended = True
         finally:
+            if not ended:  # cancelled: the agent exits now
+                job.log.error(
+                    "the agent exits before the migration's outcome was read; libvirtd "
+                    "finishes or cancels the job on its own: check both hosts",
+                    abort_reason=job.abort_reason,
+                )
             self.outgoing -= 1
             self._jobs.discard(job)
             if not self._jobs:
@@ -356,7 +366,7 @@ class Migrations:
         elif monitor.timed_out:
             details = (
                 f"Migration of VM [{vm}] was cancelled by CloudStack due to time out after "
-                f"{int(job.abort_after or 0)} seconds. {where}"
+                f"{int(job.limit or job.abort_after or 0)} seconds. {where}"
             )
         else:
             reason = error or f"the VM is on neither host as expected (destination: {dest_state})"

@@ -8,6 +8,7 @@ vm.migrate.pauseafter, and aborts the job (abortJob) on time-out or when the age
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -51,27 +52,35 @@ class MigrationJob:
     uri: str
     log: Any
     deadline: float  # of the whole handling; math.inf when unbounded
-    abort_after: float | None  # seconds from the start; None = never on time alone
+    limit: float | None  # the time-out as configured (vm.migrate.wait / the command's wait)
+    abort_after: float | None  # when the job is aborted, from the start; None = never
     monitor: MonitorState = field(factory=MonitorState)
     abort_reason: str | None = None  # set when the agent stops
     abort_now: trio.Event = field(factory=trio.Event)
     done: trio.Event = field(factory=trio.Event)
     answer: MigrateAnswer | None = None
+    exit_deadline: float = math.inf  # set when the agent stops
     _bounds: list[trio.CancelScope] = field(factory=list)
 
     def bounded(self, cap: float) -> trio.CancelScope:
-        """A scope for one step: ``cap`` seconds, or less if the deadline is nearer. The
-        steps end a little before the deadline, so that the answer is ready in time."""
-        end = min(trio.current_time() + cap, self.deadline - ANSWER_MARGIN)
+        """A scope for one step: ``cap`` seconds, or less if a deadline is nearer. Steps end
+        a little before the command's deadline, so that the answer is ready in time; once
+        that has passed (the command answered without them), only the cap and the agent's
+        exit bound them."""
+        now = trio.current_time()
+        end = now + cap
+        if self.deadline - ANSWER_MARGIN > now:
+            end = min(end, self.deadline - ANSWER_MARGIN)
+        end = min(end, self.exit_deadline)
         scope = trio.CancelScope(deadline=end)
         self._bounds = [b for b in self._bounds if not b.cancel_called] + [scope]
         return scope
 
-    def hurry(self, deadline: float) -> None:
-        """Bring the deadline forward, for the steps under way too."""
-        self.deadline = min(self.deadline, deadline)
+    def hurry(self, exit_deadline: float) -> None:
+        """The agent stops: every step, those under way too, ends by ``exit_deadline``."""
+        self.exit_deadline = min(self.exit_deadline, exit_deadline - ANSWER_MARGIN)
         for scope in self._bounds:
-            scope.deadline = min(scope.deadline, self.deadline - ANSWER_MARGIN)
+            scope.deadline = min(scope.deadline, self.exit_deadline)
 
 
 async def watch(job: MigrationJob, cfg: AgentConfig, done: trio.Event, call: Call) -> None:
@@ -85,8 +94,11 @@ async def watch(job: MigrationJob, cfg: AgentConfig, done: trio.Event, call: Cal
         else []
     )
     aborted = False
+    abort_at = started + job.abort_after if job.abort_after is not None else math.inf
     while not done.is_set():
-        with trio.move_on_after(POLL_SECONDS):
+        # Poll twice a second, but wake at the abort time itself, not up to a poll later.
+        wake = trio.current_time() + POLL_SECONDS
+        with trio.move_on_at(min(wake, abort_at) if not aborted else wake):
             await done.wait()
         if done.is_set():
             return
@@ -94,8 +106,7 @@ async def watch(job: MigrationJob, cfg: AgentConfig, done: trio.Event, call: Cal
         if aborted:
             continue  # libvirt is ending the job; the call returns shortly
         if job.abort_now.is_set():
-            aborted = True
-            await call(job.vm, lambda d: d.abortJob())
+            aborted = True  # Migrations.abort_all has called abortJob itself
             continue
         if job.abort_after is not None and elapsed >= job.abort_after:
             state.timed_out = aborted = True
