@@ -157,9 +157,10 @@ _KEYS: dict[str, tuple[str, Any, str | None]] = {
     "ping.retries": ("ping_retries", lambda k: _int(k, 1, 1000), "5"),
     "backoff.seconds": ("backoff_seconds", lambda k: _float(k, 1, 3600), "5"),
     "host.lb.check.interval": ("lb_check_interval", _float, "0"),
-    "connect.timeout": ("connect_timeout", lambda k: _float(k, 0.1, 3600), "10"),
-    "handshake.timeout": ("handshake_timeout", lambda k: _float(k, 0.1, 3600), "30"),
-    "startup.timeout": ("startup_timeout", lambda k: _float(k, 0.1, 3600), "30"),
+    # Calls that reach another host are bounded, by 30 s at most.
+    "connect.timeout": ("connect_timeout", lambda k: _float(k, 0.1, 30), "10"),
+    "handshake.timeout": ("handshake_timeout", lambda k: _float(k, 0.1, 30), "30"),
+    "startup.timeout": ("startup_timeout", lambda k: _float(k, 0.1, 30), "30"),
     "shutdown.grace.seconds": ("shutdown_grace", lambda k: _float(k, 0, 3600), "30"),
     "command.buffer.bytes": ("command_buffer_bytes", lambda k: _int(k, 65536, 1 << 36), "67108864"),
     "hypervisor.type": ("hypervisor_type", _str, "kvm"),

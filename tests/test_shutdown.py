@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import trio
 
 from agent.commands import CommandContext, HandlerRegistry
@@ -145,3 +146,13 @@ async def test_the_hypervisor_connection_outlives_every_command(tmp_path: Path) 
                 await agent.finished.wait()
     assert len(seen) == 1 and isinstance(seen[0], dict), seen
     assert "test" in seen[0]
+
+
+def test_timeouts_of_calls_to_another_host_are_at_most_30_s() -> None:
+    from agent.config import AgentConfig, ConfigError
+
+    for key in ("connect.timeout", "handshake.timeout", "startup.timeout"):
+        AgentConfig.from_properties({"guid": "g", key: "30"})
+        for bad in ("31", "inf", "nan", "0"):
+            with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+                AgentConfig.from_properties({"guid": "g", key: bad})
