@@ -7,6 +7,7 @@ libvirtd re-reads its TLS files and the agent registers again (now secured).
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,10 +15,12 @@ from typing import TYPE_CHECKING
 
 import structlog
 import trio
+from cryptography import x509
 
 from agent import hostinfo
 from agent.certs import CertificateError
 from agent.certstore import CertStore
+from agent.tls import CERT_FILE
 from protocol.messages import (
     SetupCertificateAnswer,
     SetupCertificateCommand,
@@ -32,6 +35,27 @@ if TYPE_CHECKING:
 log = structlog.get_logger("agent.certificates")
 
 
+def expiry_warning(cert_dir: Path, warn_days: int) -> tuple[str, str] | None:
+    """("warning"|"error", text) when cloud.crt expires within ``warn_days`` or has expired."""
+    try:
+        cert = x509.load_pem_x509_certificate((cert_dir / CERT_FILE).read_bytes())
+    except (OSError, ValueError):
+        return None  # no certificate yet: nothing to warn about
+    left = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
+    if left.total_seconds() <= 0:
+        return "error", (
+            f"host certificate {cert_dir / CERT_FILE} EXPIRED on "
+            f"{cert.not_valid_after_utc:%Y-%m-%d}: the host registers as unsecured and "
+            "libvirtd may refuse to start; provision a new certificate"
+        )
+    if left.days < warn_days:
+        return "warning", (
+            f"host certificate {cert_dir / CERT_FILE} expires in {left.days} days "
+            f"({cert.not_valid_after_utc:%Y-%m-%d}); provision a new one"
+        )
+    return None
+
+
 def host_identity() -> tuple[str, list[str], list[str]]:
     """(FQDN, host names, local IPs except loopback and link-local) for the CSR."""
     facts = hostinfo.os_facts()
@@ -41,14 +65,14 @@ def host_identity() -> tuple[str, list[str], list[str]]:
 
 async def setup_keystore(cmd: SetupKeyStoreCommand, ctx: CommandContext) -> Message:
     # keystorePassword is for a Java keystore; PEM files need none. Never logged.
-    store = CertStore(ctx.agent.config.cert_dir)
+    store = CertStore(ctx.config.cert_dir)
     fqdn, names, ips = await trio.to_thread.run_sync(host_identity)
     csr = await trio.to_thread.run_sync(store.new_csr, fqdn, names, ips)
     return SetupKeystoreAnswer(result=bool(csr), csr=csr.decode())
 
 
 async def setup_certificate(cmd: SetupCertificateCommand, ctx: CommandContext) -> Message:
-    cfg = ctx.agent.config
+    cfg = ctx.config
     store = CertStore(cfg.cert_dir)
     key = cmd.private_key.encode() if cmd.private_key else None
     try:

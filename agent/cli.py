@@ -121,7 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from agent.daemon import Agent
 
     logs.configure(config.log_level)
-    return trio.run(Agent(config).run)
+    try:
+        return trio.run(Agent(config).run)
+    except ConfigError as exc:  # state.dir unusable, or another agent holds it
+        print(f"kvm-agent: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 if __name__ == "__main__":

@@ -51,14 +51,16 @@ class AgentControl(Protocol):
     tasks: TaskQueue
     migrations: Migrations
 
-    async def secured(self) -> bool: ...
+    async def secured(self, config: AgentConfig | None = None) -> bool: ...
 
     async def set_ms_hosts(
         self,
         hosts: Sequence[str],
         algorithm: LbAlgorithm | None,
         lb_check_interval: float | None,
-    ) -> None: ...
+    ) -> tuple[str, ...]:
+        """Adopt a list from the MS; returns the entries kept (invalid ones are skipped)."""
+        ...
 
     def stop_by_ms(self, reason: str) -> None: ...
 
@@ -70,8 +72,8 @@ class SessionControl(Protocol):
 
     async def ready(self, command: ReadyCommand) -> None: ...
 
-    def end(self, reason: str, *, retry_same_host_later: bool) -> None:
-        """End the session once the answer to the current request has been sent."""
+    def end(self, reason: str, *, retry_same_host_later: bool, sequence: int) -> None:
+        """End the session once the answer to request ``sequence`` has been sent."""
 
 
 @frozen
@@ -79,6 +81,14 @@ class CommandContext:
     agent: AgentControl
     session: SessionControl
     sequence: int
+    # The configuration as the command started: one command never sees two of them.
+    config: AgentConfig
+
+    def end_session(self, reason: str, *, retry_same_host_later: bool) -> None:
+        """End the session once this command's answer has been sent."""
+        self.session.end(
+            reason, retry_same_host_later=retry_same_host_later, sequence=self.sequence
+        )
 
 
 Handler = Callable[[Any, CommandContext], Awaitable[Message]]
@@ -125,7 +135,7 @@ async def maintain(cmd: MaintainCommand, ctx: CommandContext) -> Message:
 
 async def ready(cmd: ReadyCommand, ctx: CommandContext) -> Message:
     if cmd.details is not None:
-        ctx.session.end(
+        ctx.end_session(
             f"management server refused the host: {cmd.details}", retry_same_host_later=True
         )
         return Answer(result=False, details="host refused by the management server")
@@ -136,13 +146,17 @@ async def ready(cmd: ReadyCommand, ctx: CommandContext) -> Message:
 async def setup_ms_list(cmd: SetupMSListCommand, ctx: CommandContext) -> Message:
     if not cmd.ms_list:
         return SetupMSListAnswer(result=False, details="empty management server list")
-    await ctx.agent.set_ms_hosts(
+    kept = await ctx.agent.set_ms_hosts(
         cmd.ms_list,
         parse_algorithm(cmd.lb_algorithm),
         float(cmd.lb_check_interval) if cmd.lb_check_interval is not None else None,
     )
+    if not kept:
+        return SetupMSListAnswer(
+            result=False, details="no valid host name or address in the management server list"
+        )
     if cmd.trigger_host_lb:
-        ctx.session.end(
+        ctx.end_session(
             "management server asked for host load balancing", retry_same_host_later=False
         )
     return SetupMSListAnswer(result=True)
@@ -155,12 +169,17 @@ async def migrate_agent_connection(
         return MigrateAgentConnectionAnswer(
             result=False, details="Migrate agent connection failed, due to an empty MS list"
         )
-    await ctx.agent.set_ms_hosts(
+    kept = await ctx.agent.set_ms_hosts(
         cmd.ms_list,
         parse_algorithm(cmd.lb_algorithm),
         float(cmd.lb_check_interval) if cmd.lb_check_interval is not None else None,
     )
-    ctx.session.end("management server moved this agent to a new list", retry_same_host_later=False)
+    if not kept:
+        return MigrateAgentConnectionAnswer(
+            result=False,
+            details="Migrate agent connection failed: no valid host name or address in the list",
+        )
+    ctx.end_session("management server moved this agent to a new list", retry_same_host_later=False)
     return MigrateAgentConnectionAnswer(result=True)
 
 
@@ -170,10 +189,12 @@ async def shutdown_from_ms(cmd: ShutdownCommand, ctx: CommandContext) -> Message
 
 
 async def migrate(cmd: MigrateCommand, ctx: CommandContext) -> Message:
-    return await ctx.agent.migrations.migrate(cmd, secured=await ctx.agent.secured())
+    secured = await ctx.agent.secured(ctx.config)
+    return await ctx.agent.migrations.migrate(cmd, secured=secured, config=ctx.config)
 
 
 async def prepare_for_migration(cmd: PrepareForMigrationCommand, ctx: CommandContext) -> Message:
+    secured = await ctx.agent.secured(ctx.config)
     return await ctx.agent.migrations.prepare(
-        cmd, secured=await ctx.agent.secured(), root=ctx.agent.config.pki_root
+        cmd, secured=secured, root=ctx.config.pki_root, config=ctx.config
     )

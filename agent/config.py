@@ -7,6 +7,9 @@ Every invalid value stops the agent at start with a message naming the key. Comm
 from __future__ import annotations
 
 import enum
+import ipaddress
+import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,12 +39,57 @@ def parse_algorithm(name: str | None) -> LbAlgorithm | None:
         return None
 
 
+def split_host_port(entry: str, default_port: int) -> tuple[str, int]:
+    """``host`` or ``host:port`` (IPv6 in brackets: ``[::1]:8250``)."""
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else default_port
+    host, sep, port = entry.rpartition(":")
+    if sep and port.isdigit() and ":" not in host:
+        return host, int(port)
+    return entry, default_port
+
+
+_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def host_entry_problem(entry: str) -> str | None:
+    """Why ``entry`` (``host`` or ``host:port``) cannot be dialled, or None if it can.
+
+    The checks are those the resolver makes (IDNA encoding, 63-octet labels, 253 in all),
+    done up front so that a bad name from the MS is skipped instead of failing in
+    getaddrinfo at every connect.
+    """
+    if not isinstance(entry, str) or not entry or len(entry) > 300:
+        return "not a host name or address"
+    host, port = split_host_port(entry, 1)
+    if not 1 <= port <= 65535:
+        return f"port {port} is outside 1..65535"
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    try:
+        ascii_name = host.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        return f"not a valid host name ({exc})"
+    labels = ascii_name[:-1].split(".") if ascii_name.endswith(".") else ascii_name.split(".")
+    if len(ascii_name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return "not a valid host name (letters, digits and '-', labels of 1-63 octets)"
+    return None
+
+
 def parse_host_list(value: str) -> tuple[tuple[str, ...], LbAlgorithm]:
     """``ip1,ip2@shuffle`` -> (("ip1", "ip2"), SHUFFLE). The first host is the preferred one."""
     hosts_part, _, algo = value.partition("@")
     hosts = tuple(h.strip() for h in hosts_part.split(",") if h.strip())
     if not hosts:
         raise ConfigError("invalid value for 'host': no management server address")
+    for host in hosts:
+        problem = host_entry_problem(host)
+        if problem is not None:
+            raise ConfigError(f"invalid value for 'host': {host!r:.80} is {problem}")
     try:
         algorithm = LbAlgorithm(algo.strip().lower()) if algo.strip() else LbAlgorithm.ROUND_ROBIN
     except ValueError:
@@ -66,14 +114,16 @@ def _int(key: str, low: int | None = None, high: int | None = None) -> Any:
     return convert
 
 
-def _float(key: str, low: float = 0.0) -> Any:
+def _float(key: str, low: float = 0.0, high: float = 86400.0) -> Any:
     def convert(raw: str) -> float:
         try:
             value = float(raw.strip())
         except ValueError:
             raise ConfigError(f"invalid value for '{key}': {raw!r} is not a number") from None
-        if value < low or value != value:
-            raise ConfigError(f"invalid value for '{key}': {value} is below {low}")
+        if not math.isfinite(value) or not low <= value <= high:
+            raise ConfigError(
+                f"invalid value for '{key}': {raw.strip()} is outside {low:g}..{high:g}"
+            )
         return value
 
     return convert
@@ -105,12 +155,14 @@ _KEYS: dict[str, tuple[str, Any, str | None]] = {
     "cluster": ("cluster", _str, "default"),
     "workers": ("workers", lambda k: _int(k, 1, 1000), "5"),
     "ping.retries": ("ping_retries", lambda k: _int(k, 1, 1000), "5"),
-    "backoff.seconds": ("backoff_seconds", _float, "5"),
+    "backoff.seconds": ("backoff_seconds", lambda k: _float(k, 1, 3600), "5"),
     "host.lb.check.interval": ("lb_check_interval", _float, "0"),
-    "connect.timeout": ("connect_timeout", _float, "10"),
-    "handshake.timeout": ("handshake_timeout", _float, "30"),
-    "startup.timeout": ("startup_timeout", _float, "30"),
-    "shutdown.grace.seconds": ("shutdown_grace", _float, "30"),
+    # Calls that reach another host are bounded, by 30 s at most.
+    "connect.timeout": ("connect_timeout", lambda k: _float(k, 0.1, 30), "10"),
+    "handshake.timeout": ("handshake_timeout", lambda k: _float(k, 0.1, 30), "30"),
+    "startup.timeout": ("startup_timeout", lambda k: _float(k, 0.1, 30), "30"),
+    "shutdown.grace.seconds": ("shutdown_grace", lambda k: _float(k, 0, 3600), "30"),
+    "command.buffer.bytes": ("command_buffer_bytes", lambda k: _int(k, 65536, 1 << 36), "67108864"),
     "hypervisor.type": ("hypervisor_type", _str, "kvm"),
     "hypervisor.uri": ("hypervisor_uri", _str, "qemu:///system"),
     "private.network.device": ("private_network_device", _str, ""),
@@ -132,6 +184,21 @@ _KEYS: dict[str, tuple[str, Any, str | None]] = {
     "libvirtd.reload": ("libvirtd_reload", _str, "auto"),
     "pki.root": ("pki_root", _str, "/"),
     "keystore.passphrase": ("keystore_passphrase", _str, ""),
+}
+# What SIGHUP applies (listed in etc/agent.properties); any other key keeps its value until
+# a restart, and a change to it is logged as needing one. Identity, the hypervisor
+# connection and the directories the agent holds open are fixed for the process.
+RELOADABLE: frozenset[str] = frozenset(_KEYS) - {
+    "guid",
+    "zone",
+    "pod",
+    "cluster",
+    "hypervisor.type",
+    "hypervisor.uri",
+    "private.network.device",
+    "cert.dir",
+    "state.dir",
+    "pki.root",
 }
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _RELOAD_MODES = ("auto", "update-tls", "restart", "none")
@@ -158,6 +225,7 @@ class AgentConfig:
     handshake_timeout: float
     startup_timeout: float
     shutdown_grace: float
+    command_buffer_bytes: int
     hypervisor_type: str
     hypervisor_uri: str
     private_network_device: str
@@ -217,6 +285,19 @@ class AgentConfig:
         if self.path is None:
             return self
         return AgentConfig.load(self.path)
+
+    def apply_reload(self, new: AgentConfig) -> tuple[AgentConfig, list[str]]:
+        """The configuration in effect after SIGHUP: ``new`` for the reloadable keys, this
+        one's values for the others. Also returns the keys that changed but need a restart."""
+        kept: dict[str, Any] = {}
+        restart = []
+        for key, (attr, _factory, _default) in _KEYS.items():
+            if key in RELOADABLE:
+                continue
+            if getattr(new, attr) != getattr(self, attr):
+                restart.append(key)
+            kept[attr] = getattr(self, attr)
+        return attrs.evolve(new, **kept), restart
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:

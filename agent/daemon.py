@@ -1,83 +1,63 @@
 """The agent process: signals, systemd notifications, and the supervisor loop.
 
-Structure (one trio nursery as supervisor):
-  TaskQueue (commands, lives across sessions)
-  ├── signal task: SIGTERM/SIGINT -> graceful stop, SIGHUP -> reload agent.properties
-  ├── watchdog task: WATCHDOG=1 while the event loop runs
-  └── supervise(): connect -> AgentSession.run() -> next host ... until stopped
+Structure: resources outlive the work that uses them.
+  resources: signal task (SIGTERM/SIGINT -> graceful stop, SIGHUP -> reload),
+             watchdog (WATCHDOG=1 while the event loop runs), the hypervisor connection,
+             the migration jobs
+  └── TaskQueue (commands, lives across sessions)
+      └── supervise(): connect -> AgentSession.run() -> next host ... until stopped
+
+Stopping: no new commands; ShutdownCommand to the MS; commands and migrations get
+shutdown.grace.seconds to finish; then running migrations are aborted and their outcome
+read on both hosts (a few seconds more), the remaining commands cancelled, and only then
+the hypervisor connection closed. The process ends within shutdown.grace.seconds + 5 s.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
+import os
 import signal
+import sys
+import threading
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 
 import libvirt
 import structlog
 import trio
-from cryptography import x509
 
 from agent import logs, pki
-from agent.certificates import reload_libvirtd
+from agent.certificates import expiry_warning, reload_libvirtd
 from agent.commands import HandlerRegistry
-from agent.config import AgentConfig, ConfigError, LbAlgorithm
+from agent.config import AgentConfig, ConfigError, LbAlgorithm, split_host_port
 from agent.hypervisor import Hypervisor
 from agent.migration import Migrations
 from agent.sdnotify import Notifier
 from agent.session import AgentSession, OutcomeKind
-from agent.state import StateStore
-from agent.supervisor import HostCycler, probe_preferred, sleep_unless
+from agent.state import AgentState, StateStore
+from agent.supervisor import HostCycler, probe_preferred, sleep_unless, valid_hosts
 from agent.tasks import TaskQueue
-from agent.tls import CERT_FILE, TLSConfigError, client_context
+from agent.tls import TLSConfigError, client_context
 from agent.transport import ConnectionLost, MessageStream
 from protocol import Session
 
 EXIT_OK = 0
 EXIT_STOPPED_BY_MS = 10  # the MS sent ShutdownCommand: systemd must not restart us
+SHUTDOWN_NOTICE_TIMEOUT = 2.0  # for the ShutdownCommand to leave
+CLEANUP_SECONDS = 4.0  # after the grace period: abort migrations, read where their VMs are
+EXIT_MARGIN = 5.0  # the process ends within shutdown.grace.seconds + this, in every state
 
 log = structlog.get_logger("agent.daemon")
 
-
-def expiry_warning(cert_dir: Path, warn_days: int) -> tuple[str, str] | None:
-    """("warning"|"error", text) when cloud.crt expires within ``warn_days`` or has expired."""
-    try:
-        cert = x509.load_pem_x509_certificate((cert_dir / CERT_FILE).read_bytes())
-    except (OSError, ValueError):
-        return None  # no certificate yet: nothing to warn about
-    left = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
-    if left.total_seconds() <= 0:
-        return "error", (
-            f"host certificate {cert_dir / CERT_FILE} EXPIRED on "
-            f"{cert.not_valid_after_utc:%Y-%m-%d}: the host registers as unsecured and "
-            "libvirtd may refuse to start; provision a new certificate"
-        )
-    if left.days < warn_days:
-        return "warning", (
-            f"host certificate {cert_dir / CERT_FILE} expires in {left.days} days "
-            f"({cert.not_valid_after_utc:%Y-%m-%d}); provision a new one"
-        )
-    return None
-
+# expiry_warning (agent.certificates) and split_host_port (agent.config) are re-exported
+# for the callers that import them from here.
+__all__ = ["Agent", "expiry_warning", "split_host_port"]
 
 _STATE_CHANGES = {
     libvirt.VIR_DOMAIN_EVENT_STARTED: "started",
     libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
     libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
 }
-
-
-def split_host_port(entry: str, default_port: int) -> tuple[str, int]:
-    """``host`` or ``host:port`` (IPv6 in brackets: ``[::1]:8250``)."""
-    if entry.startswith("["):
-        host, _, rest = entry[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else default_port
-    host, sep, port = entry.rpartition(":")
-    if sep and port.isdigit() and ":" not in host:
-        return host, int(port)
-    return entry, default_port
 
 
 class Agent:
@@ -91,6 +71,8 @@ class Agent:
         handle_signals: bool = True,
         connector: Callable[[str], Awaitable[MessageStream]] | None = None,
     ) -> None:
+        # Replaced whole on SIGHUP, never changed in place: whoever reads it once (a
+        # command, a migration, a connection attempt) sees one consistent configuration.
         self.config = config
         self.notifier = notifier or Notifier()
         self.handlers = handlers or HandlerRegistry.with_builtins()
@@ -106,6 +88,10 @@ class Agent:
         self.exit_code = EXIT_OK
         self._stopping = False
         self._stop_event = trio.Event()
+        self._stop_deadline: float | None = None  # end of the grace period
+        self._connecting: trio.CancelScope | None = None
+        self._backstop: threading.Timer | None = None
+        self.finished = trio.Event()  # run() has returned
         self._backoff_override: float | None = None
         self._announced_ready = False
         self.cycler = HostCycler(config.ms_hosts, config.lb_algorithm, config.backoff_seconds)
@@ -113,16 +99,15 @@ class Agent:
         self._pending: tuple[str, MessageStream] | None = None
         self.security: pki.SecurityReport | None = None
         self._connector = connector or self._connect
-        self._nursery: trio.Nursery | None = None
         self._tls_reload_wanted = trio.Event()
         # One request counter for the life of the process, as the Java agent keeps one.
         self.sequences = itertools.count()
 
     # --- AgentServices --------------------------------------------------------------
 
-    async def secured(self) -> bool:
+    async def secured(self, config: AgentConfig | None = None) -> bool:
         """Evaluated at every registration: certificates, libvirtd TLS, QEMU TLS files."""
-        cfg = self.config
+        cfg = config or self.config
         report = await trio.to_thread.run_sync(
             lambda: pki.evaluate(
                 cfg.cert_dir, tls_enabled_setting=cfg.libvirtd_tls_enabled, root=cfg.pki_root
@@ -141,18 +126,20 @@ class Agent:
         return report.secured
 
     def set_backoff(self, seconds: float) -> None:
-        self._backoff_override = max(0.0, seconds)
-        self.cycler.backoff = self._backoff_override
+        """From the MS (already clamped to 1-300 s by the session)."""
+        self._backoff_override = seconds
+        self.cycler.backoff = seconds
 
     async def set_ms_hosts(
         self,
         hosts: Sequence[str],
         algorithm: LbAlgorithm | None,
         lb_check_interval: float | None,
-    ) -> None:
-        hosts = tuple(h for h in hosts if h)
+    ) -> tuple[str, ...]:
+        hosts = valid_hosts(hosts, "management server")
         if not hosts:
-            return
+            log.warning("no valid address in the management server's list; keeping the current one")
+            return hosts
         if hosts != self.cycler.hosts or (algorithm and algorithm != self.cycler.algorithm):
             log.info(
                 "management server list updated",
@@ -167,6 +154,7 @@ class Agent:
             lb_algorithm=(algorithm or self.cycler.algorithm).value,
             lb_check_interval=self._lb_check_interval,
         )
+        return hosts
 
     def schedule_tls_reload(self) -> None:
         """A new certificate was installed: reload libvirtd's TLS once nothing runs."""
@@ -210,37 +198,82 @@ class Agent:
     # --- running --------------------------------------------------------------------
 
     async def run(self) -> int:
-        """Run until stopped; returns the process exit code."""
-        self.config.state_dir.mkdir(parents=True, exist_ok=True)
-        saved = self.state.load()
-        if saved.ms_hosts:
-            algorithm = LbAlgorithm(saved.lb_algorithm) if saved.lb_algorithm else None
-            self.cycler.set_hosts(saved.ms_hosts, algorithm)
-            if saved.lb_check_interval is not None:
-                self._lb_check_interval = saved.lb_check_interval
+        """Run until stopped; returns the process exit code. ConfigError (exit 78) when
+        state.dir cannot be used or another agent holds it."""
+        self.state.acquire()
+        try:
+            return await self._run()
+        finally:
+            if self._backstop is not None:
+                self._backstop.cancel()
+            self.state.release()
+            self.finished.set()
+
+    def _adopt_saved(self, saved: AgentState) -> None:
+        if not saved.ms_hosts:
+            return
+        hosts = valid_hosts(saved.ms_hosts, f"state file {self.state.path}")
+        if not hosts:
+            log.warning("no valid address in the saved list; using agent.properties' host")
+            return
+        algorithm = LbAlgorithm(saved.lb_algorithm) if saved.lb_algorithm else None
+        self.cycler.set_hosts(hosts, algorithm)
+        if saved.lb_check_interval is not None:
+            self._lb_check_interval = saved.lb_check_interval
+
+    async def _run(self) -> int:
+        self._adopt_saved(self.state.load())
         log.info(
             "agent starting",
             guid=self.config.guid,
             hosts=list(self.cycler.hosts),
             hypervisor=self.config.hypervisor_uri,
         )
-        async with TaskQueue.open(self.config.workers) as tasks:
-            self.tasks = tasks
-            async with trio.open_nursery() as nursery:
-                if self.handle_signals:
-                    nursery.start_soon(self._signals)
-                if (interval := self.notifier.watchdog_interval()) is not None:
-                    nursery.start_soon(self._watchdog, interval)
-                self._nursery = nursery
-                nursery.start_soon(self._tls_reloader)
-                nursery.start_soon(self._expiry_watch)
-                self.hypervisor.lifecycle_listeners.append(self._on_domain_event)
-                await nursery.start(self.hypervisor.run)
-                await self._supervise()
-                nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as resources:
+            if self.handle_signals:
+                resources.start_soon(self._signals)
+            if (interval := self.notifier.watchdog_interval()) is not None:
+                resources.start_soon(self._watchdog, interval)
+            self.hypervisor.lifecycle_listeners.append(self._on_domain_event)
+            await resources.start(self.hypervisor.run)
+            await resources.start(self.migrations.run)
+            cfg = self.config
+            async with TaskQueue.open(cfg.workers, cfg.command_buffer_bytes) as tasks:
+                self.tasks = tasks
+                async with trio.open_nursery() as work:
+                    work.start_soon(self._tls_reloader)
+                    work.start_soon(self._expiry_watch)
+                    await self._supervise()
+                    work.cancel_scope.cancel()
+                await self._let_work_finish()
+            # The remaining commands are cancelled; migrations still have until the end of
+            # the clean-up to read their outcome; then the hypervisor connection closes.
+            with trio.move_on_at(self._deadline() + CLEANUP_SECONDS):
+                await self.migrations.wait_idle()
+            resources.cancel_scope.cancel()
         self.notifier.stopping()
         log.info("agent stopped", exit_code=self.exit_code)
         return self.exit_code
+
+    def _deadline(self) -> float:
+        if self._stop_deadline is None:
+            self._stop_deadline = trio.current_time() + self.config.shutdown_grace
+        return self._stop_deadline
+
+    async def _let_work_finish(self) -> None:
+        with trio.move_on_at(self._deadline()) as scope:
+            await self.tasks.wait_idle()
+            await self.migrations.wait_idle()
+        if scope.cancelled_caught:
+            log.warning(
+                "grace period over: cancelling the commands still running",
+                commands=self.tasks.in_flight,
+                migrations=self.migrations.running,
+            )
+            self.migrations.abort_all(
+                "the agent is stopping and shutdown.grace.seconds is over",
+                self._deadline() + CLEANUP_SECONDS,
+            )
 
     def request_stop(self) -> None:
         """SIGTERM: no new commands, ShutdownCommand to the MS, finish in-flight work, exit."""
@@ -250,14 +283,32 @@ class Agent:
         self._begin_stop(tell_ms=True)
 
     def _begin_stop(self, *, tell_ms: bool = False) -> None:
+        if self._stopping:
+            return
         self._stopping = True
+        grace = self._deadline() - trio.current_time()
         self.notifier.stopping()
         if self.tasks is not None:
             self.tasks.close()
+        if self._connecting is not None:
+            self._connecting.cancel()  # a stalled connect or handshake must not hold the stop
         session = self.session
-        if session is not None:
-            session.start_soon(self._graceful_end, session, tell_ms)
+        if session is not None and not session.start_soon(self._graceful_end, session, tell_ms):
+            session.finish(OutcomeKind.STOP, "agent stopping")  # it was ending already
         self._stop_event.set()
+        if self.handle_signals:
+            # Last resort for a thread stuck inside libvirt, which no cancellation reaches.
+            self._backstop = threading.Timer(grace + EXIT_MARGIN, self._force_exit)
+            self._backstop.daemon = True
+            self._backstop.start()
+
+    def _force_exit(self) -> None:
+        log.error(
+            "the agent did not stop within shutdown.grace.seconds + 5 s; exiting now",
+            exit_code=self.exit_code,
+        )
+        sys.stdout.flush()
+        os._exit(self.exit_code)
 
     def _on_domain_event(self, name: str, event: int, detail: int) -> None:
         # A VM started or stopped (a migration included): tell the MS now, not at the next ping.
@@ -267,11 +318,13 @@ class Agent:
 
     async def _graceful_end(self, session: AgentSession, tell_ms: bool) -> None:
         if tell_ms:
-            await session.send_shutdown("sig.kill", f"agent {self.config.guid} stopping on request")
-        with trio.move_on_after(self.config.shutdown_grace) as scope:
+            with trio.move_on_after(SHUTDOWN_NOTICE_TIMEOUT):
+                await session.send_shutdown(
+                    "sig.kill", f"agent {self.config.guid} stopping on request"
+                )
+        with trio.move_on_at(self._deadline()):
             await self.tasks.wait_idle()
-        if scope.cancelled_caught:
-            log.warning("grace period over, commands still running", in_flight=self.tasks.in_flight)
+            await self.migrations.wait_idle()
         session.finish(OutcomeKind.STOP, "agent stopping")
 
     async def _supervise(self) -> None:
@@ -286,12 +339,17 @@ class Agent:
                     log.info("backing off", seconds=round(wait, 2), next_host=host)
                     await sleep_unless(self._stop_event, wait)
                     continue
-                try:
-                    stream = await self._connector(host)
-                except ConnectionLost as exc:
-                    log.warning("connect failed", host=host, error=str(exc))
-                    self.cycler.attempt_failed(host, trio.current_time())
-                    continue
+                connected: MessageStream | None = None
+                with trio.CancelScope() as self._connecting:
+                    try:
+                        connected = await self._connector(host)
+                    except ConnectionLost as exc:
+                        log.warning("connect failed", host=host, error=str(exc))
+                        self.cycler.attempt_failed(host, trio.current_time())
+                self._connecting = None
+                if connected is None:
+                    continue  # failed, or cancelled because the agent stops
+                stream = connected
             if self._stopping:
                 await stream.aclose()
                 break
@@ -382,14 +440,24 @@ class Agent:
                     self.request_stop()
 
     async def reload(self) -> None:
-        """SIGHUP: re-read agent.properties (host list, log level); keep a healthy session."""
+        """SIGHUP: re-read agent.properties and apply what can change while running (the
+        keys listed in etc/agent.properties); keep a healthy session."""
         try:
-            new = await trio.to_thread.run_sync(self.config.reload)
+            read = await trio.to_thread.run_sync(self.config.reload)
         except ConfigError as exc:
             log.error("reload failed, keeping the running configuration", error=str(exc))
             return
-        logs.set_level(new.log_level)
+        old = self.config
+        new, restart = old.apply_reload(read)
+        for key in restart:
+            log.warning("configuration key changed; it needs a restart to take effect", key=key)
+        # One swap: from here on every reader gets the new configuration whole.
         self.config = new
+        logs.set_level(new.log_level)
+        if self.tasks is not None:
+            self.tasks.set_workers(new.workers)
+            self.tasks.budget.set_limit(new.command_buffer_bytes)
+        self.migrations.apply(new)
         await self.state.update(ms_hosts=None, lb_algorithm=None, lb_check_interval=None)
         self._lb_check_interval = new.lb_check_interval
         if new.ms_hosts != self.cycler.hosts or new.lb_algorithm != self.cycler.algorithm:
@@ -397,7 +465,12 @@ class Agent:
         self.cycler.backoff = (
             self._backoff_override if self._backoff_override is not None else new.backoff_seconds
         )
-        log.info("configuration reloaded", hosts=list(new.ms_hosts), log_level=new.log_level)
+        log.info(
+            "configuration reloaded",
+            hosts=list(new.ms_hosts),
+            log_level=new.log_level,
+            needs_restart=restart,
+        )
         if self.session is not None and self.current_host not in new.ms_hosts:
             self.session.finish(OutcomeKind.MOVE, "current MS is no longer in the host list")
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import libvirt
 import structlog
 import trio
-from attrs import frozen
+from attrs import define, frozen
 
 from agent import hostinfo
 
@@ -80,6 +80,31 @@ def start_event_loop() -> None:
 
 
 LifecycleListener = Callable[[str, int, int], None]  # domain name, event, detail
+CLOSE_TIMEOUT = 0.5  # closing comes last at exit: within shutdown.grace.seconds + 5 s
+
+
+@define
+class _Opened:
+    """A libvirt connection and what was registered on it, to undo before closing."""
+
+    conn: Any
+    close_callback: bool = False
+    event_id: int | None = None
+
+    def close(self) -> None:
+        """In a worker thread. Never raises: the connection may be dead already."""
+        steps: list[Callable[[], object]] = []
+        if self.event_id is not None:
+            event_id = self.event_id
+            steps.append(lambda: self.conn.domainEventDeregisterAny(event_id))
+        if self.close_callback:
+            steps.append(self.conn.unregisterCloseCallback)
+        steps.append(self.conn.close)
+        for step in steps:
+            try:
+                step()
+            except libvirt.libvirtError:
+                pass
 
 
 class Hypervisor:
@@ -108,6 +133,7 @@ class Hypervisor:
         self.lifecycle_listeners: list[LifecycleListener] = []
         self.reconnects = 0
         self._conn: Any = None
+        self._generation = 0  # of the connection; a late close callback names an old one
         self._lost = trio.Event()
         self._up = trio.Event()
         self._token: trio.lowlevel.TrioToken | None = None
@@ -123,10 +149,14 @@ class Hypervisor:
         self._token = trio.lowlevel.current_trio_token()
         start_event_loop()
         backoff, started = 0.5, False
+        opened: _Opened | None = None
         try:
             while True:
+                self._generation += 1
                 try:
-                    await trio.to_thread.run_sync(self._open, limiter=self.limiter)
+                    opened = await trio.to_thread.run_sync(
+                        self._open, self._generation, limiter=self.limiter
+                    )
                 except HypervisorError as exc:
                     self.last_error = str(exc)
                     log.warning(
@@ -138,6 +168,8 @@ class Hypervisor:
                     await trio.sleep(backoff)
                     backoff = min(backoff * 2, self.max_backoff)
                     continue
+                self._conn = opened.conn
+                log.info("libvirt connected", uri=self.uri)
                 backoff = 0.5
                 self.last_error = None
                 if self.reconnects:
@@ -150,46 +182,56 @@ class Hypervisor:
                 self._lost = trio.Event()
                 self._up = trio.Event()
                 self.reconnects += 1
-                await trio.to_thread.run_sync(self._drop, limiter=self.limiter)
+                # The close callback only marked it lost: close it here, or it leaks
+                # (with its event callbacks, which keep it alive).
+                self._conn = None
+                stale, opened = opened, None
+                await self._close(stale)
         finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self._drop, limiter=self.limiter)
+            self._conn = None
+            if opened is not None:
+                with trio.CancelScope(shield=True):
+                    await self._close(opened)
+
+    async def _close(self, opened: _Opened) -> None:
+        # Bounded: closing changes nothing on any host, and a libvirtd that hangs must not
+        # hold the agent's exit. The thread finishes on its own.
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            await trio.to_thread.run_sync(opened.close, abandon_on_cancel=True)
 
     # --- in worker threads ----------------------------------------------------------
 
-    def _open(self) -> None:
+    def _open(self, generation: int) -> _Opened:
         try:
             conn = libvirt.open(self.uri)
         except libvirt.libvirtError as exc:
             raise HypervisorError(exc.get_error_message() or str(exc)) from None
+        opened = _Opened(conn)
         try:
             conn.setKeepAlive(*self.keepalive)
         except libvirt.libvirtError:
             pass  # local drivers (test://) have no keepalive; the close callback still works
         try:
-            conn.registerCloseCallback(self._closed_cb, None)
+            conn.registerCloseCallback(self._closed_cb, generation)
+            opened.close_callback = True
         except libvirt.libvirtError:
             pass
-        conn.domainEventRegisterAny(
-            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle_cb, None
-        )
-        self._conn = conn
-        log.info("libvirt connected", uri=self.uri)
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        for cleanup in (conn.unregisterCloseCallback, conn.close):
-            try:
-                cleanup()
-            except libvirt.libvirtError:
-                pass
+        try:
+            opened.event_id = conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle_cb, None
+            )
+        except libvirt.libvirtError as exc:
+            # Without lifecycle events the MS would learn of VM changes only at pings;
+            # treat it as a failed connect and try again (with backoff).
+            opened.close()
+            reason = exc.get_error_message() or str(exc)
+            raise HypervisorError(f"cannot subscribe to domain events: {reason}") from None
+        return opened
 
     # --- in libvirt's event thread: hand everything to trio ---------------------------
 
-    def _closed_cb(self, _conn: Any, reason: int, _opaque: Any) -> None:
-        self._to_trio(self._on_closed, reason)
+    def _closed_cb(self, _conn: Any, reason: int, generation: Any) -> None:
+        self._to_trio(self._on_closed, generation, reason)
 
     def _lifecycle_cb(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
         self._to_trio(self._on_lifecycle, dom.name(), event, detail)
@@ -202,11 +244,13 @@ class Hypervisor:
         except trio.RunFinishedError:
             pass
 
-    def _on_closed(self, reason: int) -> None:
+    def _on_closed(self, generation: int, reason: int) -> None:
+        if generation != self._generation or self._conn is None:
+            return  # a connection already replaced (its callback arrived late)
         why = _CLOSE_REASONS.get(reason, f"reason {reason}")
         self.last_error = f"connection to libvirtd closed ({why})"
         log.warning("libvirt connection lost", uri=self.uri, reason=why)
-        self._conn = None
+        self._conn = None  # calls fail fast from now on; run() closes it
         self._lost.set()
 
     def _on_lifecycle(self, name: str, event: int, detail: int) -> None:
@@ -219,9 +263,16 @@ class Hypervisor:
     # --- calls ----------------------------------------------------------------------
 
     async def call(
-        self, fn: Callable[[Any], _T], *, limiter: trio.CapacityLimiter | None = None
+        self,
+        fn: Callable[[Any], _T],
+        *,
+        limiter: trio.CapacityLimiter | None = None,
+        abandon_on_cancel: bool = False,
     ) -> _T:
-        """Run ``fn(conn)`` in a worker thread; libvirt's error is read in that thread."""
+        """Run ``fn(conn)`` in a worker thread; libvirt's error is read in that thread.
+
+        ``abandon_on_cancel`` only for a caller that is never cancelled but when the agent
+        exits: otherwise a thread that changes state is always waited for."""
         conn = self._conn
         if conn is None:
             raise HypervisorError(f"libvirtd is not reachable: {self.last_error}")
@@ -232,7 +283,9 @@ class Hypervisor:
             except libvirt.libvirtError as exc:
                 raise HypervisorError(exc.get_error_message() or str(exc)) from None
 
-        return await trio.to_thread.run_sync(work, limiter=limiter or self.limiter)
+        return await trio.to_thread.run_sync(
+            work, limiter=limiter or self.limiter, abandon_on_cancel=abandon_on_cancel
+        )
 
     async def healthy(self) -> bool:
         try:

@@ -4,10 +4,17 @@ The blocking ``migrateToURI3`` runs in its own worker thread (a migration limite
 from the short-call limiter) and is never abandoned: a time-out aborts the libvirt job and
 waits for the call to return. The outcome is read from both hosts, not from the exception:
 the source is undefined only once the VM runs on the destination.
+
+The command's ``wait`` (vm.migrate.wait when it has none) bounds the whole handling: the
+job is aborted early enough to read the outcome within it, and every look at the
+destination is bounded (:mod:`agent.migration_remote`). Each migration is a job owned by
+:class:`Migrations`, which lives as long as the hypervisor connection: when the agent
+stops, running jobs are aborted, their outcome read on both hosts and logged.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -20,6 +27,9 @@ from attrs import define, field
 from agent.config import AgentConfig
 from agent.hypervisor import Hypervisor, HypervisorError
 from agent.migration_errors import diagnose
+from agent.migration_job import ACTIVE_JOBS, POLL_SECONDS, MigrationJob, watch
+from agent.migration_remote import REMOTE_TIMEOUT, resume_paused, state_name
+from agent.migration_remote import dest_state as dest_state_of
 from agent.pki import PKI_LINKS
 from protocol.messages import (
     MigrateAnswer,
@@ -29,28 +39,11 @@ from protocol.messages import (
 )
 
 log = structlog.get_logger("agent.migration")
-MiB = 1024 * 1024
-POLL_SECONDS = 0.5
-STALL_POLLS = 6  # no new low of data_remaining for this many polls = stalled
-DOWNTIME_STEPS = 5
-SETTLE_SECONDS = 60  # after an error, how long libvirt may keep the job going
+SETTLE_SECONDS = 30  # after an error, how long libvirt may keep the job going
 
-_ACTIVE_JOBS = (libvirt.VIR_DOMAIN_JOB_BOUNDED, libvirt.VIR_DOMAIN_JOB_UNBOUNDED)
 _SERVER_PKI = tuple(
     p for p in PKI_LINKS if p.startswith(("etc/pki/CA/", "etc/pki/libvirt/", "etc/pki/qemu/"))
 )
-
-
-@define
-class MonitorState:
-    """What the monitor saw of one migration job."""
-
-    percent: float = 0.0
-    low_remaining: int | None = None
-    polls_without_progress: int = 0
-    downtime_step: int = 0
-    paused_by_us: bool = False
-    timed_out: bool = False
 
 
 def rewrite_graphics_listen(xml: str, dest_ip: str) -> str:
@@ -69,21 +62,80 @@ def timeout_for(cmd_wait: int, configured: int) -> float | None:
     return float(min(limits)) if limits else None
 
 
+def handling_limit(cmd_wait: int, configured: int) -> float | None:
+    """The bound on the whole handling of a MigrateCommand: its ``wait``, or
+    vm.migrate.wait when the command gives none."""
+    if cmd_wait and cmd_wait > 0:
+        return float(cmd_wait)
+    return float(configured) if configured and configured > 0 else None
+
+
 @define
 class Migrations:
     config: AgentConfig
     hypervisor: Hypervisor
     outgoing: int = 0
     _limiter: trio.CapacityLimiter = field(init=False)
+    _remote: trio.CapacityLimiter = field(init=False)
+    _jobs: set[MigrationJob] = field(init=False, factory=set)
+    _idle: trio.Event = field(init=False, factory=trio.Event)
+    _nursery: trio.Nursery | None = field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self._limiter = trio.CapacityLimiter(self.config.max_outgoing_migrations)
+        self._remote = trio.CapacityLimiter(4)  # threads looking at destinations
+        self._idle.set()
+
+    def apply(self, config: AgentConfig) -> None:
+        """A reloaded configuration, for the migrations that start from now on."""
+        self.config = config
+        self._limiter.total_tokens = config.max_outgoing_migrations
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Home of the migration jobs, for as long as the hypervisor connection lives."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+
+    @property
+    def running(self) -> int:
+        return len(self._jobs)
+
+    async def wait_idle(self) -> None:
+        while self._jobs:
+            await self._idle.wait()
+
+    def abort_all(self, reason: str, deadline: float) -> None:
+        """The agent stops: abort every running migration (abortJob, at once, not at the
+        monitor's next poll); each reads its outcome on both hosts by ``deadline``, and
+        logs it."""
+        for job in self._jobs:
+            job.log.warning("aborting the migration", reason=reason)
+            job.abort_reason = reason
+            job.hurry(deadline)
+            job.abort_now.set()
+            if self._nursery is not None:
+                self._nursery.start_soon(self._abort_job, job)
+
+    async def _abort_job(self, job: MigrationJob) -> None:
+        if await self._call_quietly(job.vm, lambda d: d.abortJob()) is None:
+            job.log.error("abortJob failed; libvirtd may carry the migration on")
 
     # --- destination ----------------------------------------------------------------
 
     async def prepare(
-        self, cmd: PrepareForMigrationCommand, *, secured: bool, root: Path = Path("/")
+        self,
+        cmd: PrepareForMigrationCommand,
+        *,
+        secured: bool,
+        root: Path = Path("/"),
+        config: AgentConfig | None = None,
     ) -> PrepareForMigrationAnswer:
+        cfg = config or self.config
         vm = cmd.vm_name or "?"
         if not await self.hypervisor.healthy():
             return PrepareForMigrationAnswer(
@@ -100,7 +152,7 @@ class Migrations:
                     "(run `kvm-agent setup --secure-libvirtd`)",
                 )
         incoming = await self.incoming()
-        limit = self.config.max_incoming_migrations
+        limit = cfg.max_incoming_migrations
         if incoming >= limit:
             return PrepareForMigrationAnswer(
                 result=False,
@@ -130,7 +182,10 @@ class Migrations:
 
     # --- source ---------------------------------------------------------------------
 
-    async def migrate(self, cmd: MigrateCommand, *, secured: bool) -> MigrateAnswer:
+    async def migrate(
+        self, cmd: MigrateCommand, *, secured: bool, config: AgentConfig | None = None
+    ) -> MigrateAnswer:
+        cfg = config or self.config  # read once: one migration, one configuration
         vm, dest = cmd.vm_name, cmd.dest_ip
         if not vm or not dest:
             return MigrateAnswer(
@@ -142,32 +197,89 @@ class Migrations:
                 details=f"refusing to migrate {vm}: this host is secured but the destination "
                 f"{dest} is not; guest memory would cross the network in clear",
             )
-        limit = self.config.max_outgoing_migrations
+        limit = cfg.max_outgoing_migrations
         if self.outgoing >= limit:
             return MigrateAnswer(
                 result=False,
                 details=f"refusing to migrate {vm}: {self.outgoing} outgoing migrations already "
                 f"running (migration.max.outgoing={limit}); retry later",
             )
-        self.outgoing += 1
+        job = self._new_job(cmd, cfg, vm, dest, secured)
+        self.outgoing += 1  # until the job ends, which may be after the answer
+        self._jobs.add(job)
+        self._idle = trio.Event()
+        if self._nursery is not None:
+            self._nursery.start_soon(self._run_job, job, cmd, cfg, secured)
+            with trio.move_on_at(job.deadline):
+                await job.done.wait()
+        else:  # not run by an agent (a unit test): the job is the command
+            await self._run_job(job, cmd, cfg, secured)
+        if job.answer is not None:
+            return job.answer
+        waited = handling_limit(cmd.wait, cfg.migrate_wait) or 0
+        return MigrateAnswer(
+            result=False,
+            details=f"Migration of {vm} to {dest} has not ended within {waited:.0f}s: libvirt "
+            "has not returned from the migration call, even after it was aborted. The agent "
+            "keeps watching it and logs where the VM ends up; check both hosts.",
+        )
+
+    def _new_job(
+        self, cmd: MigrateCommand, cfg: AgentConfig, vm: str, dest: str, secured: bool
+    ) -> MigrationJob:
+        uri = f"qemu+{'tls' if secured else 'tcp'}://{dest}/system"
+        now = trio.current_time()
+        whole = handling_limit(cmd.wait, cfg.migrate_wait)
+        abort_after = timeout_for(cmd.wait, cfg.migrate_wait)
+        if whole is not None:
+            # Leave time, within the command's wait, to read the outcome on both hosts.
+            reserve = min(REMOTE_TIMEOUT + 10, whole / 2)
+            abort_after = min(abort_after or math.inf, whole - reserve)
+        native_tls = secured and cfg.migration_native_tls
+        return MigrationJob(
+            vm=vm,
+            dest=dest,
+            uri=uri,
+            log=log.bind(vm=vm, dest=dest, uri=uri, native_tls=native_tls),
+            deadline=now + whole if whole is not None else math.inf,
+            limit=timeout_for(cmd.wait, cfg.migrate_wait),
+            abort_after=abort_after,
+        )
+
+    async def _run_job(
+        self, job: MigrationJob, cmd: MigrateCommand, cfg: AgentConfig, secured: bool
+    ) -> None:
+        ended = False
         try:
-            return await self._migrate(cmd, vm, dest, secured)
+            job.answer = await self._migrate(job, cmd, cfg, secured)
+            ended = True
+        except Exception as exc:  # a bug: answer it, do not take the agent down
+            job.log.exception("migration failed unexpectedly")
+            job.answer = MigrateAnswer(result=False, details=f"{type(exc).__name__}: {exc}")
+            ended = True
         finally:
+            if not ended:  # cancelled: the agent exits now
+                job.log.error(
+                    "the agent exits before the migration's outcome was read; libvirtd "
+                    "finishes or cancels the job on its own: check both hosts",
+                    abort_reason=job.abort_reason,
+                )
             self.outgoing -= 1
+            self._jobs.discard(job)
+            if not self._jobs:
+                self._idle.set()
+            job.done.set()
 
     async def _migrate(
-        self, cmd: MigrateCommand, vm: str, dest: str, secured: bool
+        self, job: MigrationJob, cmd: MigrateCommand, cfg: AgentConfig, secured: bool
     ) -> MigrateAnswer:
-        cfg = self.config
-        scheme = "tls" if secured else "tcp"
-        uri = f"qemu+{scheme}://{dest}/system"
+        vm, dest, uri, mlog = job.vm, job.dest, job.uri, job.log
         flags = (
             libvirt.VIR_MIGRATE_LIVE
             | libvirt.VIR_MIGRATE_PEER2PEER
             | libvirt.VIR_MIGRATE_PERSIST_DEST
         )
-        native_tls = secured and cfg.migration_native_tls
-        if native_tls:
+        if secured and cfg.migration_native_tls:
             flags |= libvirt.VIR_MIGRATE_TLS  # guest memory encrypted, not only libvirt's channel
         if cmd.auto_convergence:
             flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
@@ -177,7 +289,6 @@ class Migrations:
                 if cmd.migrate_non_shared_inc
                 else libvirt.VIR_MIGRATE_NON_SHARED_DISK
             )
-        mlog = log.bind(vm=vm, dest=dest, uri=uri, native_tls=native_tls)
         if not secured:
             mlog.warning("migrating over qemu+tcp: guest memory crosses the network unencrypted")
 
@@ -191,36 +302,41 @@ class Migrations:
                 details=f"cannot migrate {vm}: it is not running on this host ({state})",
             )
 
-        limit = timeout_for(cmd.wait, cfg.migrate_wait)
-        monitor = MonitorState()
         error: str | None = None
-        mlog.info("migration started", timeout_s=limit, bandwidth_mib_s=cfg.migrate_speed)
+        mlog.info("migration started", timeout_s=job.abort_after, bandwidth_mib_s=cfg.migrate_speed)
         started = trio.current_time()
         async with trio.open_nursery() as nursery:
             done = trio.Event()
-            nursery.start_soon(self._monitor, vm, monitor, limit, done, mlog)
+            nursery.start_soon(watch, job, cfg, done, self._call_quietly)
             try:
+                # Waited for to the end; given up only if the agent exits meanwhile.
                 await self.hypervisor.call(
                     lambda conn: _migrate_call(conn, vm, dest, uri, flags, cfg.migrate_speed),
                     limiter=self._limiter,
+                    abandon_on_cancel=True,
                 )
             except HypervisorError as exc:
                 error = str(exc)
             finally:
                 done.set()
-        elapsed = trio.current_time() - started
+        return await self._conclude(job, error, trio.current_time() - started)
 
+    async def _conclude(
+        self, job: MigrationJob, error: str | None, elapsed: float
+    ) -> MigrateAnswer:
+        """Where the VM is, read on both hosts (each look bounded), and what to answer."""
+        vm, dest, uri, mlog, monitor = job.vm, job.dest, job.uri, job.log, job.monitor
         # The exception does not say where the VM is: let any job finish, then look.
         if error is not None:
-            await self._settle(vm)
+            await self._settle(job)
         source_state = await self._state_or_none(vm)
-        dest_state = await self._dest_state(uri, vm)
+        dest_state = await dest_state_of(uri, vm, self._remote, job.bounded(REMOTE_TIMEOUT))
         on_dest = dest_state in ("running", "paused")
         on_source = source_state in ("running", "paused")
 
         if on_dest and not on_source:
             if monitor.paused_by_us or dest_state == "paused":
-                await self._resume_on_dest(uri, vm, mlog)
+                await self._resume_on_dest(job)
             await self._undefine_source(vm, mlog)
             if error is not None:
                 mlog.warning(
@@ -229,99 +345,35 @@ class Migrations:
             mlog.info("migration completed", seconds=round(elapsed, 2))
             return MigrateAnswer(result=True, details=f"{vm} migrated to {dest} in {elapsed:.1f}s")
 
-        where = (
-            f"The VM is still running on this host ({source_state})."
-            if on_source
-            else f"The VM is NOT running on either host (source: {source_state}, destination: "
-            f"{dest_state}); it is still defined here, check both hosts."
-        )
-        if monitor.timed_out:
+        paused_here = on_source and monitor.paused_by_us and source_state == "paused"
+        # We paused it so that the migration converges; it stayed here: run it again.
+        if paused_here and await self._call_quietly(vm, lambda d: d.resume()) is None:
+            mlog.error("could not resume the VM paused for the migration; resume it by hand")
+        if on_source:
+            where = f"The VM is still running on this host ({source_state})."
+        elif dest_state.startswith("unknown"):
+            where = (
+                f"The VM is not running on this host ({source_state}) and the destination "
+                f"could not be asked ({dest_state}); it is still defined here, check both hosts."
+            )
+        else:
+            where = (
+                f"The VM is NOT running on either host (source: {source_state}, destination: "
+                f"{dest_state}); it is still defined here, check both hosts."
+            )
+        if job.abort_reason is not None:
+            details = f"Migration of {vm} to {dest} was aborted: {job.abort_reason}. {where}"
+        elif monitor.timed_out:
             details = (
                 f"Migration of VM [{vm}] was cancelled by CloudStack due to time out after "
-                f"{int(limit or 0)} seconds. {where}"
+                f"{int(job.limit or job.abort_after or 0)} seconds. {where}"
             )
         else:
             reason = error or f"the VM is on neither host as expected (destination: {dest_state})"
             d = diagnose(reason, vm=vm, source="this host", dest=dest, uri=uri)
             details = f"Migration of {vm} to {dest} failed: {d.summary}. Check: {d.check}. {where}"
-        mlog.error("migration failed", error=error, details=details)
+        mlog.error("migration failed", error=error, details=details, dest_state=dest_state)
         return MigrateAnswer(result=False, details=details)
-
-    async def _monitor(
-        self,
-        vm: str,
-        state: MonitorState,
-        limit: float | None,
-        done: trio.Event,
-        mlog: Any,
-    ) -> None:
-        cfg = self.config
-        started = trio.current_time()
-        steps = (
-            [cfg.migrate_downtime * (i + 1) // DOWNTIME_STEPS for i in range(DOWNTIME_STEPS)]
-            if cfg.migrate_downtime > 0
-            else []
-        )
-        while not done.is_set():
-            with trio.move_on_after(POLL_SECONDS):
-                await done.wait()
-            if done.is_set():
-                return
-            elapsed = trio.current_time() - started
-            if limit is not None and elapsed >= limit and not state.timed_out:
-                state.timed_out = True
-                mlog.warning("migration timed out, aborting", after_s=round(elapsed, 1))
-                await self._call_quietly(vm, lambda d: d.abortJob())
-                continue
-            pause_due = 0 < cfg.migrate_pause_after <= elapsed * 1000
-            if pause_due and not state.paused_by_us:
-                state.paused_by_us = True
-                mlog.warning(
-                    "pausing the VM so that the migration converges",
-                    after_ms=cfg.migrate_pause_after,
-                )
-                await self._call_quietly(vm, lambda d: d.suspend())
-            stats = await self._call_quietly(vm, lambda d: d.jobStats())
-            if not stats or stats.get("type") not in _ACTIVE_JOBS:
-                continue
-            self._progress(stats, state, mlog)
-            if (
-                steps
-                and state.downtime_step < len(steps)
-                and (
-                    (state.downtime_step == 0 and elapsed >= 1.0)
-                    or state.polls_without_progress >= STALL_POLLS
-                )
-            ):
-                downtime = steps[state.downtime_step]
-                state.downtime_step += 1
-                state.polls_without_progress = 0
-                mlog.info("raising max downtime", downtime_ms=downtime, step=state.downtime_step)
-                await self._call_quietly(vm, lambda d, ms=downtime: d.migrateSetMaxDowntime(ms, 0))
-
-    @staticmethod
-    def _progress(stats: dict[str, Any], state: MonitorState, mlog: Any) -> None:
-        total = int(stats.get("data_total", 0))
-        processed = int(stats.get("data_processed", 0))
-        remaining = int(stats.get("data_remaining", 0))
-        if total > 0:
-            # Never backwards, and 100 only once the job is over.
-            state.percent = max(state.percent, min(99.0, 100.0 * processed / total))
-        if state.low_remaining is None or remaining < state.low_remaining:
-            state.low_remaining = remaining
-            state.polls_without_progress = 0
-        else:
-            state.polls_without_progress += 1
-        mlog.info(
-            "migration progress",
-            percent=round(state.percent, 1),
-            mib_s=round(int(stats.get("memory_bps", 0)) / MiB, 1),
-            remaining_mib=round(remaining / MiB, 1),
-            iteration=stats.get("memory_iteration"),
-            stalled=state.polls_without_progress >= STALL_POLLS,
-        )
-
-    # --- looking at both hosts ------------------------------------------------------
 
     async def _call_quietly(self, vm: str, fn: Any) -> Any:
         try:
@@ -337,7 +389,7 @@ class Migrations:
                 if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                     return "not defined"
                 raise
-            return _state_name(dom.state()[0])
+            return state_name(dom.state()[0])
 
         return await self.hypervisor.call(state)
 
@@ -347,43 +399,23 @@ class Migrations:
         except HypervisorError as exc:
             return f"unknown: {exc}"
 
-    async def _settle(self, vm: str) -> None:
-        with trio.move_on_after(SETTLE_SECONDS):
+    async def _settle(self, job: MigrationJob) -> None:
+        with job.bounded(SETTLE_SECONDS):
             while True:
-                stats = await self._call_quietly(vm, lambda d: d.jobStats())
-                if not stats or stats.get("type") not in _ACTIVE_JOBS:
+                stats = await self._call_quietly(job.vm, lambda d: d.jobStats())
+                if not stats or stats.get("type") not in ACTIVE_JOBS:
                     return
                 await trio.sleep(POLL_SECONDS)
 
-    async def _dest_state(self, uri: str, vm: str) -> str:
-        def look() -> str:
-            try:
-                conn = libvirt.open(uri)
-            except libvirt.libvirtError as exc:
-                return f"unknown: {exc.get_error_message()}"
-            try:
-                return _state_name(conn.lookupByName(vm).state()[0])
-            except libvirt.libvirtError:
-                return "not defined"
-            finally:
-                conn.close()
-
-        return await trio.to_thread.run_sync(look, limiter=self.hypervisor.limiter)
-
-    async def _resume_on_dest(self, uri: str, vm: str, mlog: Any) -> None:
-        def resume() -> None:
-            conn = libvirt.open(uri)
-            try:
-                dom = conn.lookupByName(vm)
-                if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
-                    dom.resume()
-            finally:
-                conn.close()
-
+    async def _resume_on_dest(self, job: MigrationJob) -> None:
         try:
-            await trio.to_thread.run_sync(resume, limiter=self.hypervisor.limiter)
-        except libvirt.libvirtError as exc:
-            mlog.error("could not resume the VM on the destination", error=exc.get_error_message())
+            await resume_paused(job.uri, job.vm, self._remote, job.bounded(REMOTE_TIMEOUT))
+        except (libvirt.libvirtError, TimeoutError) as exc:
+            message = exc.get_error_message() if isinstance(exc, libvirt.libvirtError) else exc
+            job.log.error(
+                "could not resume the VM on the destination; resume it there by hand",
+                error=str(message),
+            )
 
     async def _undefine_source(self, vm: str, mlog: Any) -> None:
         def undefine(conn: Any) -> None:
@@ -407,18 +439,3 @@ def _migrate_call(conn: Any, vm: str, dest: str, uri: str, flags: int, speed: in
     if speed > 0:
         params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = speed  # MiB/s
     dom.migrateToURI3(uri, params, flags)
-
-
-_STATES = {
-    libvirt.VIR_DOMAIN_RUNNING: "running",
-    libvirt.VIR_DOMAIN_BLOCKED: "running",
-    libvirt.VIR_DOMAIN_PAUSED: "paused",
-    libvirt.VIR_DOMAIN_SHUTDOWN: "shutting down",
-    libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
-    libvirt.VIR_DOMAIN_CRASHED: "crashed",
-    libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
-}
-
-
-def _state_name(state: int) -> str:
-    return _STATES.get(state, f"state {state}")

@@ -17,12 +17,15 @@ import trio
 from attrs import frozen
 
 from agent import __version__
+from agent.budget import REQUEST_OVERHEAD
 from agent.commands import AgentControl, CommandContext, HandlerRegistry
 from agent.config import parse_algorithm
 from agent.hypervisor import HypervisorError, os_only_facts
-from agent.tasks import QueueClosed, QueueFull
+from agent.supervisor import backoff_from_ms
+from agent.tasks import QueueClosed
 from agent.transport import ConnectionLost, MessageStream, RequestTimeout
-from protocol import Request
+from protocol import LocalProtocolError, Request
+from protocol.header import HEADER_SIZE
 from protocol.messages import (
     Answer,
     HostVmStateReportEntry,
@@ -70,12 +73,14 @@ class AgentSession:
         self.registered = trio.Event()  # StartupAnswer received
         self.is_ready = trio.Event()  # ReadyCommand accepted
         self._outcome: SessionOutcome | None = None
-        self._pending_end: SessionOutcome | None = None
+        # Per request: the session ends once that request's answer has been sent.
+        self._pending_end: dict[int, SessionOutcome] = {}
         self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self._ping_now = trio.Event()
         self._last_vm_report: dict[str, HostVmStateReportEntry] = {}
         self._startup_lock = trio.Lock()
+        stream.budget = agent.tasks.budget
 
     # --- life -----------------------------------------------------------------------
 
@@ -128,9 +133,9 @@ class AgentSession:
         self.log.info("host ready", host_id=command.host_id, host_uuid=command.host_uuid)
         self.is_ready.set()
 
-    def end(self, reason: str, *, retry_same_host_later: bool) -> None:
+    def end(self, reason: str, *, retry_same_host_later: bool, sequence: int) -> None:
         kind = OutcomeKind.REFUSED if retry_same_host_later else OutcomeKind.MOVE
-        self._pending_end = SessionOutcome(kind, reason)
+        self._pending_end[sequence] = SessionOutcome(kind, reason)
 
     async def _guard(self, fn: object) -> None:
         try:
@@ -166,11 +171,14 @@ class AgentSession:
                 self.finish(OutcomeKind.REFUSED, f"startup refused: {details}")
                 return
             self.ping_interval = float(max(answer.ping_interval, 1))
+            # An MS that takes none of our bytes for two ping intervals is lost.
+            self.stream.stall_timeout = 2 * self.ping_interval
             if "backoff.seconds" in answer.params:
-                try:
-                    self.agent.set_backoff(float(answer.params["backoff.seconds"]))
-                except ValueError:
-                    self.log.warning("ignoring invalid backoff.seconds from the MS")
+                seconds, warning = backoff_from_ms(answer.params["backoff.seconds"])
+                if warning is not None:
+                    self.log.warning(warning)
+                if seconds is not None:
+                    self.agent.set_backoff(seconds)
             self.log.info(
                 "registered",
                 ping_interval=self.ping_interval,
@@ -269,8 +277,8 @@ class AgentSession:
 
     async def _ping_loop(self) -> None:
         missed = 0
-        retries = self.agent.config.ping_retries
         while True:
+            retries = self.agent.config.ping_retries
             out_of_band = False
             with trio.move_on_after(self.ping_interval):
                 await self._ping_now.wait()
@@ -320,9 +328,14 @@ class AgentSession:
 
     def _on_request(self, request: Request) -> None:
         """Called by the reader; never blocks. Commands run in the agent's task queue."""
+        # What holding this request costs: its decoded size (the header's body length is
+        # the inflated one) and the objects around it.
+        size = HEADER_SIZE + request.header.length + REQUEST_OVERHEAD
         try:
-            self.agent.tasks.submit(lambda: self._execute(request), in_sequence=request.in_sequence)
-        except (QueueClosed, QueueFull) as exc:
+            self.agent.tasks.submit(
+                lambda: self._execute(request), size=size, in_sequence=request.in_sequence
+            )
+        except QueueClosed as exc:
             answers = [
                 Answer(result=False, details=f"agent cannot take commands: {exc}")
                 for _ in request.commands
@@ -340,8 +353,8 @@ class AgentSession:
             answers.append(answer)
             failed = failed or not getattr(answer, "result", True)
         await self._respond(request, answers)
-        if self._pending_end is not None:
-            end, self._pending_end = self._pending_end, None
+        end = self._pending_end.pop(request.sequence, None)
+        if end is not None:  # this request's own answer is out: now the session may end
             self.finish(end.kind, end.reason)
 
     async def _run_command(self, sequence: int, command: Message) -> Message:
@@ -352,7 +365,9 @@ class AgentSession:
         if handler is None:
             answer: Message = UnsupportedAnswer.for_command(name)
         else:
-            ctx = CommandContext(agent=self.agent, session=self, sequence=sequence)
+            ctx = CommandContext(
+                agent=self.agent, session=self, sequence=sequence, config=self.agent.config
+            )
             try:
                 answer = await handler(command, ctx)
             except Exception as exc:
@@ -369,7 +384,19 @@ class AgentSession:
 
     async def _respond(self, request: Request, answers: Sequence[Message]) -> None:
         try:
-            await self.stream.respond(request, answers)
+            try:
+                await self.stream.respond(request, answers)
+            except LocalProtocolError as exc:
+                # Our own answer has no wire form: a fault here, not the MS's. The MS still
+                # gets an answer for each command, saying why.
+                self.log.error(
+                    "could not encode the answer; answering result=false instead",
+                    seq=request.sequence,
+                    error=str(exc),
+                )
+                details = f"the agent could not encode its answer: {exc}"[:2000]
+                fallback = [Answer(result=False, details=details) for _ in request.commands]
+                await self.stream.respond(request, fallback or [Answer(result=False)])
         except ConnectionLost as exc:
             self.log.warning(
                 "answer lost with the connection", seq=request.sequence, error=str(exc)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import structlog
 import trio
 from attrs import frozen
 
+from agent.config import ConfigError
 from agent.fsutil import atomic_write
 
 log = structlog.get_logger("agent.state")
@@ -33,10 +36,47 @@ class AgentState:
 
 
 class StateStore:
+    """The state file is a cache: losing it costs a re-registration, so a failed write is
+    logged and the agent carries on with the state in memory."""
+
     def __init__(self, directory: Path) -> None:
+        self.directory = directory
         self.path = directory / STATE_FILE
         self.current = AgentState()
         self._lock = trio.Lock()
+        self._dir_fd: int | None = None
+
+    def acquire(self) -> None:
+        """Create state.dir and hold it for this process; ConfigError if another agent does.
+
+        flock on the directory itself: it works on a read-only directory, and the kernel
+        drops it when the process dies, however it dies.
+        """
+        where = f"state.dir {self.directory}"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise ConfigError(
+                f"{where} cannot be used: {exc.strerror or exc}; check the path and that its "
+                "parent directories exist and are directories"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if isinstance(exc, BlockingIOError):
+                raise ConfigError(
+                    f"another kvm-agent is already running with {where}: two agents would "
+                    "register the same host; stop the other one first"
+                ) from None
+            raise ConfigError(f"{where} cannot be locked: {exc.strerror or exc}") from None
+        self._dir_fd = fd
+
+    def release(self) -> None:
+        fd, self._dir_fd = self._dir_fd, None
+        if fd is not None:
+            os.close(fd)
 
     def load(self) -> AgentState:
         try:
@@ -58,6 +98,14 @@ class StateStore:
             new = attrs.evolve(self.current, **changes)
             if new != self.current:
                 data = json.dumps(attrs.asdict(new), indent=2).encode()
-                await trio.to_thread.run_sync(lambda: atomic_write(self.path, data, mode=0o644))
+                try:
+                    await trio.to_thread.run_sync(lambda: atomic_write(self.path, data, mode=0o644))
+                except OSError as exc:
+                    log.error(
+                        "cannot write the state file; the agent keeps the state in memory "
+                        "(a restart would register afresh): check state.dir",
+                        path=str(self.path),
+                        error=f"{type(exc).__name__}: {exc.strerror or exc}",
+                    )
                 self.current = new
             return new

@@ -9,11 +9,14 @@ Policy:
 * after an established session is lost -> the next MS at once, but never the same MS
   sooner than ``backoff`` (the MS needs that time to clean up after the old session);
 * ``@static`` and ``@roundrobin`` walk the list in order, ``@shuffle`` walks a new random
-  order every round; the first host of the configured list is the preferred one.
+  order every round; the first host of the configured list is the preferred one;
+* whatever happens, one host is never tried twice within ``MIN_RETRY`` seconds (moving on
+  to another host stays immediate).
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -21,10 +24,48 @@ import structlog
 import trio
 from attrs import define, field
 
-from agent.config import LbAlgorithm
+from agent.config import LbAlgorithm, host_entry_problem
 from agent.transport import ConnectionLost, MessageStream
 
 log = structlog.get_logger("agent.supervisor")
+
+MIN_RETRY = 1.0  # seconds between two attempts at the same host, at the least
+MS_BACKOFF_RANGE = (1.0, 300.0)  # what backoff.seconds from the MS is clamped to
+
+
+def valid_hosts(hosts: Sequence[object], source: str) -> tuple[str, ...]:
+    """The entries of an MS list that can be dialled; each other one is logged and skipped
+    (one bad name must never stop the agent: it would fail at every connect)."""
+    kept = []
+    for entry in hosts:
+        problem = host_entry_problem(entry) if isinstance(entry, str) else "not a string"
+        if problem is None:
+            kept.append(str(entry))
+        elif entry:
+            log.warning(
+                "ignoring an invalid management server address",
+                source=source,
+                entry=repr(entry)[:100],
+                problem=problem,
+            )
+    return tuple(kept)
+
+
+def backoff_from_ms(raw: object) -> tuple[float | None, str | None]:
+    """``backoff.seconds`` as StartupAnswer.params carries it -> (the seconds to use, or
+    None to keep ours; a warning for the log, or None)."""
+    what = f"backoff.seconds={raw!r:.40} from the management server"
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None, f"ignoring {what}: not a number"
+    if not math.isfinite(value):
+        return None, f"ignoring {what}: not finite"
+    low, high = MS_BACKOFF_RANGE
+    clamped = min(max(value, low), high)
+    if clamped != value:
+        return clamped, f"{what} is outside {low:g}..{high:g}s; using {clamped:g}s"
+    return value, None
 
 
 @define
@@ -40,6 +81,7 @@ class HostCycler:
     _order: list[str] = field(init=False, factory=list)
     _pos: int = field(init=False, default=0)
     _not_before: dict[str, float] = field(init=False, factory=dict)
+    _last_attempt: dict[str, float] = field(init=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
         self._new_order()
@@ -65,9 +107,17 @@ class HostCycler:
         """The host to try next and how long to wait before trying it."""
         n = len(self._order)
         candidates = [self._order[(self._pos + i) % n] for i in range(n)]
-        host = min(candidates, key=lambda h: max(self._not_before.get(h, 0.0), now))
+        host = min(candidates, key=lambda h: max(self._allowed_at(h), now))
         self._pos = self._order.index(host)
-        return host, max(0.0, self._not_before.get(host, 0.0) - now)
+        wait = max(0.0, self._allowed_at(host) - now)
+        if wait == 0.0:
+            self._last_attempt[host] = now  # the caller connects now
+        return host, wait
+
+    def _allowed_at(self, host: str) -> float:
+        last = self._last_attempt.get(host)
+        floor = last + MIN_RETRY if last is not None else 0.0
+        return max(self._not_before.get(host, 0.0), floor)
 
     def attempt_failed(self, host: str, now: float) -> None:
         self._block(host, now)

@@ -15,11 +15,13 @@ import structlog
 import trio
 from attrs import define, field
 
+from agent.budget import ByteBudget
 from protocol import (
     Answer,
     BodyError,
     Connection,
     HandshakeComplete,
+    HeaderError,
     LinkClosed,
     LinkError,
     Message,
@@ -31,6 +33,8 @@ from protocol import (
 from protocol.header import Header
 
 _READ_SIZE = 65536
+_WRITE_PIECE = 65536  # the unit of write progress the stall time-out watches
+DEFAULT_STALL_TIMEOUT = 120.0  # two default ping intervals; a session sets its own
 log = structlog.get_logger("agent.transport")
 
 
@@ -49,9 +53,21 @@ class _Waiter:
     error: Exception | None = None
 
 
+def _is_request(plaintext: bytes) -> bool:
+    try:
+        return Header.decode(plaintext).is_request
+    except HeaderError:
+        return False  # decoding the message reports it
+
+
 class MessageStream:
     """Owns one TLS connection. ``run`` is the only reader; writes go through one lock,
-    which also keeps TLS records in the order they were encrypted."""
+    which also keeps TLS records in the order they were encrypted.
+
+    ``budget``, when set, bounds what the peer can make us hold: the reader decodes no
+    request while it is spent, and answers waiting to be written are charged to it.
+    ``stall_timeout``: a peer that takes none of our bytes for that long is lost.
+    """
 
     def __init__(self, stream: trio.abc.Stream, conn: Connection, peer: str) -> None:
         self._stream = stream
@@ -61,6 +77,8 @@ class MessageStream:
         self._waiters: dict[int, _Waiter] = {}
         self._closed: ConnectionLost | None = None
         self.peer_certificate: bytes | None = None
+        self.budget: ByteBudget | None = None
+        self.stall_timeout = DEFAULT_STALL_TIMEOUT
 
     @property
     def session(self) -> Session:
@@ -88,6 +106,8 @@ class MessageStream:
                 stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
             except OSError as exc:
                 raise ConnectionLost(f"cannot connect to {peer}: {exc.strerror or exc}") from None
+            except (UnicodeError, ValueError) as exc:  # a name getaddrinfo cannot even encode
+                raise ConnectionLost(f"cannot connect to {peer[:120]}: {exc}") from None
         if scope.cancelled_caught:
             raise ConnectionLost(f"cannot connect to {peer}: timed out after {connect_timeout}s")
         conn = Connection(
@@ -136,7 +156,7 @@ class MessageStream:
                 await self._write_quietly(self.conn.data_to_send())  # the TLS alert, if any
                 await self._abort()
                 raise ConnectionLost(f"TLS with {self.peer} failed: {exc}") from None
-            except ConnectionLost:
+            except BaseException:  # ConnectionLost, or cancelled (the agent is stopping)
                 await self._abort()
                 raise
         if scope.cancelled_caught:
@@ -155,20 +175,28 @@ class MessageStream:
                 # Drain first: the handshake's last read may already hold a message.
                 while True:
                     try:
-                        event = self.conn.next_event()
+                        raw = self.conn.next_link_event()
                     except LinkError as exc:
                         raise ConnectionLost(f"link to {self.peer} failed: {exc}") from None
+                    if raw is None:
+                        break
+                    if isinstance(raw, LinkClosed):
+                        how = "closed the connection" if raw.clean else "went away"
+                        raise ConnectionLost(f"{self.peer} {how}")
+                    if isinstance(raw, HandshakeComplete):
+                        continue
+                    if self.budget is not None and _is_request(raw.data):
+                        # Backpressure: decode (and so hold) no more until answers went out.
+                        # Responses (pings, startup) are small and always read.
+                        await self.budget.wait_for_room()
+                    try:
+                        event = self.conn.decode(raw.data)
                     except ProtocolError as exc:
                         await self._on_bad_message(exc)
                         continue
-                    if event is None:
-                        break
-                    if isinstance(event, LinkClosed):
-                        how = "closed the connection" if event.clean else "went away"
-                        raise ConnectionLost(f"{self.peer} {how}")
                     if isinstance(event, Response):
                         self._deliver(event)
-                    elif isinstance(event, Request):
+                    else:
                         on_request(event)
                 self.conn.receive_data(await self._read())
         except ConnectionLost as exc:
@@ -241,11 +269,22 @@ class MessageStream:
         return request
 
     async def respond(self, request: Request | Header, answers: Sequence[Message]) -> None:
+        """Send a response. LocalProtocolError if the answers cannot be encoded (nothing is
+        sent then); ConnectionLost if the connection is gone."""
         if isinstance(request, Header):
             request = Request(request, ())
-        async with self._write_lock:
-            self._check_open()
-            await self._send(self.conn.send_response(request, answers))
+        self._check_open()
+        plaintext = self.conn.encode_response(request, answers)
+        charged = len(plaintext) if self.budget is not None else 0
+        if self.budget is not None:
+            self.budget.charge(charged)
+        try:
+            async with self._write_lock:
+                self._check_open()
+                await self._send(self.conn.send_plaintext(plaintext))
+        finally:
+            if self.budget is not None:
+                self.budget.release(charged)
 
     async def aclose(self) -> None:
         """Send close_notify and close the stream (bounded by a short grace period)."""
@@ -280,12 +319,27 @@ class MessageStream:
             raise ConnectionLost(f"connection to {self.peer} lost: {exc}") from None
 
     async def _write(self, data: bytes) -> None:
-        if not data:
-            return
-        try:
-            await self._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise ConnectionLost(f"connection to {self.peer} lost: {exc}") from None
+        view = memoryview(data)
+        for start in range(0, len(view), _WRITE_PIECE):
+            with trio.move_on_after(self.stall_timeout) as scope:
+                try:
+                    await self._stream.send_all(view[start : start + _WRITE_PIECE])
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    raise ConnectionLost(f"connection to {self.peer} lost: {exc}") from None
+                except BaseException:
+                    # Cancelled part-way: the peer may have half a TLS record, so this
+                    # stream cannot carry another byte. Close it rather than corrupt it.
+                    self._fail_waiters(ConnectionLost(f"a write to {self.peer} was interrupted"))
+                    await self._abort()
+                    raise
+            if scope.cancelled_caught:
+                # The peer reads nothing we send (our pings cannot leave either): it is
+                # lost. Closing the stream also ends the reader.
+                await self._abort()
+                raise ConnectionLost(
+                    f"{self.peer} has read nothing the agent sent for "
+                    f"{self.stall_timeout:g}s; closing the connection"
+                )
 
     async def _write_quietly(self, data: bytes) -> None:
         try:

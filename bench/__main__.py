@@ -13,7 +13,7 @@ from typing import Any
 import trio
 
 from agent import logs
-from bench import codec, migration, session
+from bench import burst, codec, migration, session
 from lab.hosts import lab_unavailable
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -46,6 +46,9 @@ def main() -> int:
     print("\n== session (real agent process, lab MS on loopback, mutual TLS) ==")
     results["session"] = trio.run(session.run)
     session.print_table(results["session"])
+    print("\n== burst (20,000 CheckHealthCommands at once; real agent process, ping every 1 s) ==")
+    results["burst"] = trio.run(burst.run)
+    burst.print_table(results["burst"])
     print("\n== migration (two-host lab, 128 MiB guest) ==")
     reason = lab_unavailable()
     if reason:

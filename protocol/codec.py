@@ -18,7 +18,7 @@ from typing import Any, Final, TypeVar, Union
 
 import attrs
 
-from protocol.errors import BodyError
+from protocol.errors import BodyError, LocalProtocolError
 from protocol.messages import registry
 from protocol.model import ALIASES, JSON_NAME, Message, UnknownMessage
 
@@ -50,7 +50,7 @@ def gson_dumps(value: Any) -> str:
     try:
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise BodyError(f"value cannot be encoded as JSON: {exc}") from None
+        raise LocalProtocolError(f"value cannot be encoded as JSON: {exc}") from None
     # Safe on the whole text: these characters can only occur inside JSON strings.
     return text.translate(_ESCAPES)
 
@@ -99,9 +99,15 @@ def to_json(value: Any) -> Any:
 def encode_messages(messages: Sequence[Message]) -> bytes:
     """The uncompressed UTF-8 body for ``messages``."""
     if not messages:
-        raise BodyError("a body must hold at least one message")
+        raise LocalProtocolError("a body must hold at least one message")
     array = [{m.java_class: to_json(m)} for m in messages]
-    return gson_dumps(array).encode("utf-8")
+    raw = gson_dumps(array).encode("utf-8")
+    if len(raw) > DEFAULT_MAX_BODY:
+        names = ", ".join(sorted({m.java_class.rsplit(".", 1)[-1] for m in messages}))
+        raise LocalProtocolError(
+            f"{names}: body of {len(raw)} bytes exceeds the maximum of {DEFAULT_MAX_BODY}"
+        )
+    return raw
 
 
 def encode_body(messages: Sequence[Message]) -> tuple[bytes, int, bool]:

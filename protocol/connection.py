@@ -8,7 +8,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Sequence
 
-from protocol.link import DEFAULT_MAX_MESSAGE, HandshakeComplete, Link, LinkClosed
+from protocol.link import DEFAULT_MAX_MESSAGE, HandshakeComplete, Link, LinkClosed, LinkEvent
 from protocol.model import Message
 from protocol.session import Request, Response, Session
 
@@ -49,10 +49,19 @@ class Connection:
         return self.link.data_to_send()
 
     def next_event(self) -> ConnectionEvent | None:
-        event = self.link.next_event()
+        event = self.next_link_event()
         if event is None or isinstance(event, HandshakeComplete | LinkClosed):
             return event
-        return self.session.receive_message(event.data)
+        return self.decode(event.data)
+
+    def next_link_event(self) -> LinkEvent | None:
+        """``next_event`` in two steps, for a reader that looks at a message's header before
+        paying for its body: this one returns the plaintext (MessageReceived)..."""
+        return self.link.next_event()
+
+    def decode(self, plaintext: bytes) -> Request | Response:
+        """...and this one decodes it."""
+        return self.session.receive_message(plaintext)
 
     def send_request(
         self,
@@ -68,6 +77,13 @@ class Connection:
 
     def send_response(self, request: Request, answers: Sequence[Message]) -> bytes:
         return self.link.send_message(self.session.send_response(request, answers))
+
+    def encode_response(self, request: Request, answers: Sequence[Message]) -> bytes:
+        """The plaintext of a response, not yet encrypted (``send_plaintext`` sends it)."""
+        return self.session.send_response(request, answers)
+
+    def send_plaintext(self, plaintext: bytes) -> bytes:
+        return self.link.send_message(plaintext)
 
     def close(self) -> bytes:
         return self.link.close()

@@ -16,6 +16,11 @@ class ProtocolError(Exception):
     """Base class: the peer sent something this protocol does not accept."""
 
 
+class LocalProtocolError(Exception):
+    """Our own side cannot produce a valid message (a value that has no JSON form, a body
+    over the size limit). Not a :class:`ProtocolError`: the peer did nothing wrong."""
+
+
 class LinkError(ProtocolError):
     """The TLS/chunk layer failed; the connection cannot continue."""
 

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import structlog
 import trio
 
@@ -20,8 +21,16 @@ from agent import logs
 from agent.commands import HandlerRegistry
 from agent.config import AgentConfig
 from agent.daemon import Agent
+from agent.transport import ConnectionLost, MessageStream
 from lab.ca import LabCA
 from lab.mgmt import ManagementServer
+from protocol import Message, Request, Response, Session
+from protocol.messages import (
+    PingAnswer,
+    PingRoutingCommand,
+    StartupAnswer,
+    StartupRoutingCommand,
+)
 from tests.cert_env import cloudstack_ca
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,10 +127,11 @@ def agent_config(base: Path, hosts: str, certs: Path, **overrides: str) -> Agent
         "hypervisor.uri": "test:///default",
         "cert.dir": str(certs),
         "state.dir": str(base / "agent-state"),
-        "backoff.seconds": "0.5",
+        "backoff.seconds": "1",  # the smallest allowed
         "connect.timeout": "2",
         "handshake.timeout": "2",
         "ping.retries": "2",
+        "shutdown.grace.seconds": "3",
     }
     props.update(overrides)
     return AgentConfig.from_properties(props)
@@ -131,17 +141,28 @@ def agent_config(base: Path, hosts: str, certs: Path, **overrides: str) -> Agent
 async def running_agent(
     config: AgentConfig, handlers: HandlerRegistry | None = None
 ) -> AsyncIterator[Agent]:
+    """An agent in this process. On leaving, it is asked to stop as SIGTERM would, and the
+    test FAILS if it has not ended within shutdown.grace.seconds + 5 s, the bound promised
+    to systemd."""
     agent = Agent(config, handlers=handlers, handle_signals=False)
+    limit = config.shutdown_grace + 5
+    hung = False
     async with trio.open_nursery() as nursery:
         nursery.start_soon(agent.run)
         try:
             yield agent
         finally:
             agent.request_stop()
-            with trio.move_on_after(5):
-                while agent.session is not None or not agent._stopping:
-                    await trio.sleep(0.05)
-            nursery.cancel_scope.cancel()
+            with trio.move_on_after(limit):
+                await agent.finished.wait()
+            if not agent.finished.is_set():
+                hung = True
+                nursery.cancel_scope.cancel()
+    if hung:
+        pytest.fail(
+            f"the agent did not stop within shutdown.grace.seconds + 5 = {limit:g}s "
+            "after a stop request"
+        )
 
 
 @contextmanager
@@ -152,3 +173,103 @@ def captured_logs(level: str = "debug") -> Iterator[io.StringIO]:
         yield buffer
     finally:
         structlog.reset_defaults()
+
+
+class RawLink:
+    """One agent connection on the hand-driven MS: it reads only when told to."""
+
+    def __init__(self, stream: MessageStream) -> None:
+        self.stream = stream
+
+    async def read_request(self, predicate: Any = None, timeout: float = 10) -> Request:
+        """Read until a request (matching ``predicate``) arrives; responses are dropped."""
+        conn = self.stream.conn
+        with trio.fail_after(timeout):
+            while True:
+                while (event := conn.next_event()) is not None:
+                    if isinstance(event, Request) and (predicate is None or predicate(event)):
+                        return event
+                data = await self.stream._read()
+                if not data:
+                    raise ConnectionLost("the agent closed the connection")
+                conn.receive_data(data)
+
+    async def register(self, ping_interval: int, host_id: int = 7) -> None:
+        """Take the agent's startup and answer it (no ReadyCommand)."""
+        startup = await self.read_request(
+            lambda r: isinstance(r.commands[0], StartupRoutingCommand)
+        )
+        self.stream.session.agent_id = host_id
+        answer = StartupAnswer(host_id=host_id, ping_interval=ping_interval, result=True)
+        await self.stream.respond(startup, [answer])
+
+    async def send(self, commands: list[Message]) -> None:
+        """A request whose answer this MS will never read."""
+        await self.stream.send(commands)
+
+    async def blast(self, requests: list[list[Message]]) -> None:
+        """Send many requests as fast as it gets: encoded first, then one write."""
+        conn = self.stream.conn
+        async with self.stream._write_lock:  # sealed in the order they leave
+            data = b"".join(conn.send_request(commands)[1] for commands in requests)
+            await self.stream._write(data)
+
+    async def collect(self, count: int, timeout: float) -> tuple[list[Response], list[float]]:
+        """Read until ``count`` responses arrived, answering the agent's pings meanwhile.
+        Returns the responses and the times the pings arrived."""
+        conn = self.stream.conn
+        responses: list[Response] = []
+        pings: list[float] = []
+        with trio.fail_after(timeout):
+            while len(responses) < count:
+                while (event := conn.next_event()) is not None:
+                    if isinstance(event, Response):
+                        responses.append(event)
+                    elif isinstance(event, Request) and isinstance(
+                        event.commands[0], PingRoutingCommand
+                    ):
+                        pings.append(trio.current_time())
+                        await self.stream.respond(event, [PingAnswer(send_startup=False)])
+                data = await self.stream._read()
+                if not data:
+                    raise ConnectionLost("the agent closed the connection")
+                conn.receive_data(data)
+        return responses, pings
+
+    async def closed_by_agent(self, timeout: float) -> bool:
+        """Read (and drop) everything until the agent closes; False if it does not."""
+        with trio.move_on_after(timeout):
+            try:
+                while await self.stream._read():
+                    pass
+            except ConnectionLost:
+                pass
+            return True
+        return False
+
+
+@asynccontextmanager
+async def raw_ms(base: Path, *, rcvbuf: int | None = None) -> AsyncIterator[tuple[int, Any]]:
+    """A management server driven by hand, for MSes that misbehave at the socket level
+    (stop reading, say). Yields (port, accept) where ``await accept()`` is a RawLink."""
+    ca = shared_ca(base)
+    context = ca.server_context()
+    sock = trio.socket.socket()
+    if rcvbuf is not None:  # set before listen(): accepted sockets inherit it
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    await sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    listener = trio.SocketListener(sock)
+    port = sock.getsockname()[1]
+
+    async def accept() -> RawLink:
+        tcp = await listener.accept()
+        stream = await MessageStream.accept(
+            tcp, context, Session.for_management(1), peer="agent", handshake_timeout=10
+        )
+        return RawLink(stream)
+
+    try:
+        yield port, accept
+    finally:
+        await listener.aclose()

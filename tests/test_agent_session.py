@@ -135,8 +135,8 @@ async def test_reconnect_after_the_ms_closes_the_connection(tmp_path: Path) -> N
                     await trio.sleep(0.05)
             again = time.monotonic() - closed
             await ms.wait_for_host(GUID, timeout=10)
-    # The same (only) MS is not retried sooner than backoff.seconds (0.5 s here).
-    assert again >= 0.45
+    # The same (only) MS is not retried sooner than backoff.seconds (1 s here).
+    assert again >= 0.95
 
 
 async def test_one_request_counter_for_the_life_of_the_agent(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
+import pytest
 import trio
 
 from agent.hypervisor import Hypervisor, HypervisorError, start_event_loop
@@ -97,3 +98,49 @@ async def test_agent_stays_with_the_ms_while_libvirtd_is_away(tmp_path: Path) ->
             assert answer.details is not None and "libvirt" in answer.details
             await trio.sleep(2.5)  # pings keep the session alive
             assert ms.connected() == [GUID]
+
+
+async def test_a_lost_connection_is_closed_before_the_next_one_opens() -> None:
+    hv = Hypervisor("test:///default", max_backoff=0.2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hv.run)
+        await hv.wait_connected()
+        old = hv._conn
+        # libvirt's event thread reports the connection closed (EOF), as when libvirtd dies.
+        await trio.to_thread.run_sync(
+            hv._closed_cb, old, libvirt.VIR_CONNECT_CLOSE_REASON_EOF, hv._generation
+        )
+        with trio.fail_after(5):
+            while not (hv.reconnects == 1 and hv.connected):
+                await trio.sleep(0.02)
+        assert hv._conn is not old
+        assert old._o is None  # closed (libvirt-python drops the pointer), not leaked
+        assert "test" in await hv.running_domains()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_failing_event_registration_is_retried_not_fatal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Fault injection on one real call: libvirt refuses the lifecycle subscription (as when
+    # libvirtd goes away between the open and the registration).
+    failures = []
+
+    def refuse(self: Any, *args: Any) -> int:
+        failures.append(self)
+        raise libvirt.libvirtError("injected: cannot register domain events")
+
+    monkeypatch.setattr(libvirt.virConnect, "domainEventRegisterAny", refuse)
+    hv = Hypervisor("test:///default", max_backoff=0.2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hv.run)
+        with trio.fail_after(5):
+            while len(failures) < 2:
+                await trio.sleep(0.02)
+        assert not hv.connected
+        assert "domain events" in (hv.last_error or "")
+        assert all(conn._o is None for conn in failures)  # each refused one was closed
+        monkeypatch.undo()
+        with trio.fail_after(5):
+            await hv.wait_connected()
+        nursery.cancel_scope.cancel()

@@ -10,6 +10,7 @@ import re
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -256,15 +257,19 @@ async def test_missing_ca_file_on_the_source(cloud: Cloud, lab: Lab) -> None:
 async def test_time_out_aborts_and_the_vm_stays(cloud: Cloud, lab: Lab) -> None:
     await _secure_both(cloud)
     cloud.stop_agent("a")
-    cloud.start_agent("a", "vm.migrate.speed=1")  # 1 MiB/s: 128 MiB cannot finish in 3 s
+    cloud.start_agent("a", "vm.migrate.speed=1")  # 1 MiB/s: 128 MiB cannot finish in 20 s
     try:
         await cloud.wait_host("a", secured=True)
-        answer = await cloud.send("a", _migrate_command(lab.hosts["b"].ip, wait=3))
+        # The wait bounds the whole handling: the job is aborted half-way (at 10 s), which
+        # leaves time for libvirt's cancel (seconds here) and the look at both hosts.
+        started = trio.current_time()
+        answer = await cloud.send("a", _migrate_command(lab.hosts["b"].ip, wait=20))
+        assert trio.current_time() - started < 20
         await _assert_failed_and_vm_on_a(
             cloud,
             lab,
             answer,
-            f"Migration of VM [{VM}] was cancelled by CloudStack due to time out after 3 seconds",
+            f"Migration of VM [{VM}] was cancelled by CloudStack due to time out after 20 seconds",
         )
     finally:
         cloud.stop_agent("a")
@@ -284,3 +289,53 @@ async def test_agent_recovers_when_libvirtd_restarts_on_an_idle_source(
     assert "libvirt connection lost" in events and "libvirt connection restored" in events
     assert lab.hosts["a"].domain_state(VM) == "running"
     assert (await cloud.hosts())["a"]["connected"]  # the MS session never dropped
+
+
+async def test_sigterm_during_a_migration_aborts_it_and_the_vm_stays(
+    cloud: Cloud, lab: Lab
+) -> None:
+    await _secure_both(cloud)
+    cloud.stop_agent("a")
+    seen = len(cloud.log_events("a"))  # the log file is shared by successive runs
+
+    def events() -> list[dict[str, Any]]:
+        return cloud.log_events("a")[seen:]
+
+    async def wait_event(name: str) -> None:
+        with trio.fail_after(60):
+            while not any(e["event"] == name for e in events()):
+                await trio.sleep(0.2)
+
+    # 1 MiB/s: 128 MiB cannot finish before the stop; 2 s of grace.
+    cloud.start_agent("a", "vm.migrate.speed=1", "shutdown.grace.seconds=2")
+    try:
+        await wait_event("host ready")
+        await cloud.wait_host("a", secured=True)
+        async with trio.open_nursery() as nursery:
+
+            async def migrate() -> None:
+                try:
+                    await cloud.send("a", _migrate_command(lab.hosts["b"].ip, wait=600))
+                except RuntimeError:
+                    pass  # the agent left before answering: expected
+
+            nursery.start_soon(migrate)
+            await wait_event("migration progress")
+            started = trio.current_time()
+            code = await trio.to_thread.run_sync(cloud.stop_agent, "a")  # SIGTERM
+            took = trio.current_time() - started
+        assert code == 0
+        assert took < 2 + 5, took  # shutdown.grace.seconds + 5 s
+        names = [e["event"] for e in events()]
+        assert "aborting the migration" in names, names
+        failed = [e for e in events() if e["event"] == "migration failed"]
+        assert failed and "was aborted" in failed[-1]["details"], failed
+        assert "The VM is still running on this host" in failed[-1]["details"]
+        # Never on neither host: it runs on the source, defined; nothing on the destination.
+        assert lab.hosts["a"].domain_state(VM) == "running"
+        assert lab.hosts["b"].domain_state(VM) is None
+    finally:
+        if "a" in cloud.agents:
+            cloud.stop_agent("a")
+        cloud.start_agent("a")
+    await cloud.wait_host("a", secured=True)
