@@ -21,7 +21,7 @@ from agent import hostinfo
 from agent.certs import CertificateError
 from agent.certstore import CertStore
 from agent.tls import CERT_FILE
-from protocol.messages import (
+from protocol.messages.certificates import (
     SetupCertificateAnswer,
     SetupCertificateCommand,
     SetupKeystoreAnswer,

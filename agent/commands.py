@@ -14,25 +14,22 @@ from attrs import frozen
 
 from agent import certificates
 from agent.config import LbAlgorithm, parse_algorithm
-from protocol.messages import (
-    Answer,
+from protocol.messages.certificates import SetupCertificateCommand, SetupKeyStoreCommand
+from protocol.messages.host import (
     CheckHealthAnswer,
     CheckHealthCommand,
     MaintainAnswer,
     MaintainCommand,
     MigrateAgentConnectionAnswer,
     MigrateAgentConnectionCommand,
-    MigrateCommand,
-    PrepareForMigrationCommand,
     ReadyAnswer,
     ReadyCommand,
-    SetupCertificateCommand,
-    SetupKeyStoreCommand,
     SetupMSListAnswer,
     SetupMSListCommand,
     ShutdownCommand,
 )
-from protocol.model import Message
+from protocol.messages.migration import MigrateCommand, PrepareForMigrationCommand
+from protocol.model import Answer, Message
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig

@@ -31,7 +31,7 @@ from agent.migration_job import ACTIVE_JOBS, POLL_SECONDS, MigrationJob, watch
 from agent.migration_remote import REMOTE_TIMEOUT, resume_paused, state_name
 from agent.migration_remote import dest_state as dest_state_of
 from agent.pki import PKI_LINKS
-from protocol.messages import (
+from protocol.messages.migration import (
     MigrateAnswer,
     MigrateCommand,
     PrepareForMigrationAnswer,

@@ -17,7 +17,7 @@ import trio
 from attrs import define, field
 
 from agent.config import AgentConfig
-from protocol.messages import MigrateAnswer
+from protocol.messages.migration import MigrateAnswer
 
 MiB = 1024 * 1024
 POLL_SECONDS = 0.5

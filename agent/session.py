@@ -26,8 +26,7 @@ from agent.tasks import QueueClosed
 from agent.transport import ConnectionLost, MessageStream, RequestTimeout
 from protocol import LocalProtocolError, Request
 from protocol.header import HEADER_SIZE
-from protocol.messages import (
-    Answer,
+from protocol.messages.host import (
     HostVmStateReportEntry,
     PingAnswer,
     PingRoutingCommand,
@@ -36,9 +35,8 @@ from protocol.messages import (
     ShutdownCommand,
     StartupAnswer,
     StartupRoutingCommand,
-    UnsupportedAnswer,
 )
-from protocol.model import Message
+from protocol.model import Answer, Message, UnsupportedAnswer
 
 STOPPED_BY_PREVIOUS_FAILURE = "Stopped by previous failure"
 

@@ -25,7 +25,7 @@ from protocol import (
     LinkClosed,
     LinkError,
     Message,
-    ProtocolError,
+    RemoteProtocolError,
     Request,
     Response,
     Session,
@@ -191,7 +191,7 @@ class MessageStream:
                         await self.budget.wait_for_room()
                     try:
                         event = self.conn.decode(raw.data)
-                    except ProtocolError as exc:
+                    except RemoteProtocolError as exc:
                         await self._on_bad_message(exc)
                         continue
                     if isinstance(event, Response):
@@ -211,9 +211,11 @@ class MessageStream:
             waiter.response = response
             waiter.event.set()
 
-    async def _on_bad_message(self, exc: ProtocolError) -> None:
+    async def _on_bad_message(self, exc: RemoteProtocolError) -> None:
         log.warning("bad message", peer=self.peer, error=str(exc))
         header = exc.header if isinstance(exc, BodyError) else None
+        if not isinstance(header, Header):
+            header = None
         # Before startup the MS side throws everything away, as the Java MS does.
         if header is not None and header.is_request and self.session.started:
             # Answer what we could not read, so the peer does not wait for it forever.

@@ -16,8 +16,7 @@ from agent import logs
 from agent.commands import CommandContext, HandlerRegistry
 from agent.config import AgentConfig
 from agent.daemon import Agent
-from protocol.messages import Answer
-from protocol.model import Message, UnknownMessage
+from protocol.model import Answer, Message, UnknownMessage
 
 SLOW_COMMAND = "bench.SlowCommand"
 

@@ -27,7 +27,7 @@ from agent import logs
 from agent.transport import ConnectionLost, MessageStream
 from lab.ca import LabCA
 from protocol import Request, Response, Session
-from protocol.messages import (
+from protocol.messages.host import (
     CheckHealthAnswer,
     CheckHealthCommand,
     PingAnswer,

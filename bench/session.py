@@ -28,7 +28,7 @@ from bench.agent_proc import SLOW_COMMAND
 from lab.ca import LabCA
 from lab.control import control_request
 from lab.mgmt import ManagementServer
-from protocol.messages import StartupRoutingCommand
+from protocol.messages.host import StartupRoutingCommand
 from protocol.model import UnknownMessage
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -159,7 +159,7 @@ async def test_driver_story(base: Path) -> list[tuple[str, str]]:
     from agent.config import AgentConfig
     from agent.daemon import Agent
     from lab.mgmt import ManagementServer
-    from protocol.messages import CheckHealthCommand, StartupRoutingCommand
+    from protocol.messages.host import CheckHealthCommand, StartupRoutingCommand
 
     guid = "demo-host-LibvirtComputingResource"
     ca = LabCA.create(base / "cloud-ca")

@@ -19,7 +19,8 @@ class Connection:
     """Feed ``receive_data``; call ``next_event`` until None; send ``data_to_send``.
 
     A :class:`~protocol.errors.LinkError` from ``next_event`` is final. Any other
-    :class:`~protocol.errors.ProtocolError` concerns one message; the next call carries on.
+    :class:`~protocol.errors.RemoteProtocolError` concerns one message; the next call carries
+    on. Sending raises :class:`~protocol.errors.LocalProtocolError` for what we cannot send.
     """
 
     def __init__(

@@ -17,7 +17,7 @@ from attrs import field, frozen
 from protocol.codec import DEFAULT_MAX_BODY, decode_body, encode_body
 from protocol.errors import BodyError, StartupRequired, UnexpectedResponse
 from protocol.header import HEADER_SIZE, Flags, Header
-from protocol.messages.session import StartupRoutingCommand
+from protocol.messages.host import StartupRoutingCommand
 from protocol.model import Message
 
 
@@ -125,7 +125,6 @@ class Session:
         commands: Sequence[Message],
         *,
         stop_on_error: bool = False,
-        control: bool = False,
         expect_response: bool = True,
     ) -> tuple[Request, bytes]:
         flags = Flags.REQUEST
@@ -133,8 +132,6 @@ class Session:
             flags |= Flags.STOP_ON_ERROR
         if any(c.executes_in_sequence() for c in commands):
             flags |= Flags.IN_SEQUENCE
-        if control:
-            flags |= Flags.CONTROL
         if self.role is Role.MANAGEMENT:
             flags |= Flags.FROM_SERVER
         header = Header(

@@ -25,7 +25,7 @@ from agent.transport import ConnectionLost, MessageStream
 from lab.ca import LabCA
 from lab.mgmt import ManagementServer
 from protocol import Message, Request, Response, Session
-from protocol.messages import (
+from protocol.messages.host import (
     PingAnswer,
     PingRoutingCommand,
     StartupAnswer,

@@ -18,17 +18,15 @@ from agent.commands import CommandContext, HandlerRegistry
 from agent.session import STOPPED_BY_PREVIOUS_FAILURE
 from lab.ca import LabCA
 from protocol import Request
-from protocol.messages import (
-    Answer,
+from protocol.messages.host import (
     CheckHealthAnswer,
     CheckHealthCommand,
     MigrateAgentConnectionCommand,
     PingRoutingCommand,
     ShutdownCommand,
     StartupRoutingCommand,
-    UnsupportedAnswer,
 )
-from protocol.model import Command, Message, UnknownMessage
+from protocol.model import Answer, Command, Message, UnknownMessage, UnsupportedAnswer
 from tests.agent_env import (
     ROOT,
     agent_config,
@@ -242,8 +240,8 @@ class SlowInSequenceCommand(Command):
 def slow_handlers(record: list[tuple[str, str, float]], delay: float) -> HandlerRegistry:
     registry = HandlerRegistry.with_builtins()
 
-    async def slow(cmd: UnknownMessage, ctx: CommandContext) -> Message:
-        tag = str(cmd.fields.get("wait", 0)) + "/" + str(ctx.sequence)
+    async def slow(cmd: Command, ctx: CommandContext) -> Message:
+        tag = f"{cmd.wait}/{ctx.sequence}"
         record.append(("start", tag, trio.current_time()))
         await trio.sleep(delay)
         record.append(("end", tag, trio.current_time()))

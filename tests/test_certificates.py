@@ -23,15 +23,14 @@ from agent.dhparams import DH_PARAMS, FFDHE3072_PEM
 from agent.hostinfo import local_addresses
 from agent.pki import PKI_LINKS, certificate_set
 from lab.ca import LabCA
-from protocol.messages import (
-    Answer,
+from protocol.messages.certificates import (
     SetupCertificateAnswer,
     SetupCertificateCommand,
     SetupKeystoreAnswer,
     SetupKeyStoreCommand,
-    StartupRoutingCommand,
 )
-from protocol.model import Command, Message, UnknownMessage
+from protocol.messages.host import StartupRoutingCommand
+from protocol.model import Answer, Command, Message
 from tests.agent_env import (
     ROOT,
     agent_config,
@@ -42,6 +41,7 @@ from tests.agent_env import (
     running_ms,
 )
 from tests.cert_env import cloudstack_ca, expired, snapshot, write_set
+from tests.test_agent_session import SlowCommand
 
 GUID = guid_of("agent1")
 
@@ -252,13 +252,9 @@ def test_kill_9_during_imports_always_leaves_a_consistent_set(
     assert killed >= 10  # most runs really were interrupted
 
 
-async def _slow(cmd: UnknownMessage, ctx: CommandContext) -> Message:
-    await trio.sleep(float(cmd.fields.get("wait", 1)))  # "wait" carries the duration
+async def _slow(cmd: Command, ctx: CommandContext) -> Message:
+    await trio.sleep(float(cmd.wait or 1))  # "wait" carries the duration
     return Answer(result=True)
-
-
-class SlowCommand(Command):
-    JAVA_CLASS = "test.SlowCommand"
 
 
 async def test_in_band_provisioning_reload_waits_for_running_commands(tmp_path: Path) -> None:

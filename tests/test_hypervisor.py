@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from agent.hypervisor import Hypervisor, HypervisorError, start_event_loop
-from protocol.messages import CheckHealthAnswer, CheckHealthCommand, PingRoutingCommand
+from protocol.messages.host import CheckHealthAnswer, CheckHealthCommand, PingRoutingCommand
 from tests.agent_env import agent_config, agent_dir, guid_of, running_agent, running_ms
 
 GUID = guid_of("agent1")

@@ -27,22 +27,24 @@ from lab.control import ControlServer, control_request
 from lab.mgmt import HostNotConnected, ManagementServer, MigrationRefused
 from protocol import Answer, Message, Request, Session
 from protocol.codec import to_json
-from protocol.messages import (
+from protocol.messages.host import (
     CheckHealthAnswer,
     CheckHealthCommand,
     HostVmStateReportEntry,
-    MigrateAnswer,
-    MigrateCommand,
     PingAnswer,
     PingRoutingCommand,
     PowerState,
-    PrepareForMigrationAnswer,
-    PrepareForMigrationCommand,
     ReadyAnswer,
     ReadyCommand,
     ShutdownCommand,
     StartupAnswer,
     StartupRoutingCommand,
+)
+from protocol.messages.migration import (
+    MigrateAnswer,
+    MigrateCommand,
+    PrepareForMigrationAnswer,
+    PrepareForMigrationCommand,
 )
 
 GUID = "0f6d4bd4-5b0b-4c7a-9d1e-6c1b9a7f0001-LibvirtComputingResource"

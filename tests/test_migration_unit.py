@@ -6,7 +6,7 @@ from pathlib import Path
 
 from agent.migration import rewrite_graphics_listen, timeout_for
 from agent.migration_errors import diagnose
-from protocol.messages import (
+from protocol.messages.migration import (
     MigrateAnswer,
     MigrateCommand,
     PrepareForMigrationAnswer,

@@ -13,7 +13,7 @@ import trio
 
 from agent.config import AgentConfig, ConfigError, LbAlgorithm, host_entry_problem
 from agent.supervisor import MIN_RETRY, HostCycler, backoff_from_ms
-from protocol.messages import SetupMSListAnswer, SetupMSListCommand, StartupRoutingCommand
+from protocol.messages.host import SetupMSListAnswer, SetupMSListCommand, StartupRoutingCommand
 from tests.agent_env import (
     ROOT,
     agent_config,

@@ -23,8 +23,7 @@ from protocol import (
 )
 from protocol.connection import ConnectionEvent
 from protocol.header import Header
-from protocol.messages import (
-    Answer,
+from protocol.messages.host import (
     PingAnswer,
     PingRoutingCommand,
     ReadyAnswer,
@@ -33,6 +32,7 @@ from protocol.messages import (
     StartupAnswer,
     StartupRoutingCommand,
 )
+from protocol.model import Answer
 from tests.conftest import client_context, tls12_server_context
 
 

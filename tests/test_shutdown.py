@@ -16,8 +16,8 @@ from agent.commands import CommandContext, HandlerRegistry
 from agent.daemon import Agent
 from agent.hypervisor import HypervisorError
 from lab.mgmt import CommandError
-from protocol.messages import Answer, MigrateAnswer, MigrateCommand
-from protocol.model import Command, Message
+from protocol.messages.migration import MigrateAnswer, MigrateCommand
+from protocol.model import Answer, Command, Message
 from tests.agent_env import agent_config, agent_dir, guid_of, running_agent, running_ms
 
 GUID = guid_of("agent1")

@@ -33,7 +33,7 @@ from agent.tls import (
     trusted_certificates,
 )
 from lab.ca import CA_KEY_BITS, KEY_FILE, CAError, LabCA
-from protocol.messages import StartupRoutingCommand
+from protocol.messages.host import StartupRoutingCommand
 from tests.agent_env import (
     agent_config,
     agent_dir,
