@@ -1,26 +1,21 @@
-"""Certificate provisioning commands, and making libvirtd use a new certificate.
+"""Certificate provisioning commands.
 
 SetupKeyStoreCommand -> a new key (pending) and its CSR. SetupCertificateCommand ->
 validated, installed atomically, PKI paths linked; then, once no command is in flight,
-libvirtd re-reads its TLS files and the agent registers again (now secured).
+libvirtd re-reads its TLS files (agent.certs.libvirtd) and the agent registers again (now
+secured).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import shutil
-import subprocess
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
 import trio
-from cryptography import x509
 
 from agent import hostinfo
-from agent.certs import CertificateError
-from agent.certstore import CertStore
-from agent.tls import CERT_FILE
+from agent.certs.keys import CertificateError
+from agent.certs.store import CertStore
 from protocol.messages.certificates import (
     SetupCertificateAnswer,
     SetupCertificateCommand,
@@ -33,27 +28,6 @@ if TYPE_CHECKING:
     from agent.commands import CommandContext
 
 log = structlog.get_logger("agent.certificates")
-
-
-def expiry_warning(cert_dir: Path, warn_days: int) -> tuple[str, str] | None:
-    """("warning"|"error", text) when cloud.crt expires within ``warn_days`` or has expired."""
-    try:
-        cert = x509.load_pem_x509_certificate((cert_dir / CERT_FILE).read_bytes())
-    except (OSError, ValueError):
-        return None  # no certificate yet: nothing to warn about
-    left = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
-    if left.total_seconds() <= 0:
-        return "error", (
-            f"host certificate {cert_dir / CERT_FILE} EXPIRED on "
-            f"{cert.not_valid_after_utc:%Y-%m-%d}: the host registers as unsecured and "
-            "libvirtd may refuse to start; provision a new certificate"
-        )
-    if left.days < warn_days:
-        return "warning", (
-            f"host certificate {cert_dir / CERT_FILE} expires in {left.days} days "
-            f"({cert.not_valid_after_utc:%Y-%m-%d}); provision a new one"
-        )
-    return None
 
 
 def host_identity() -> tuple[str, list[str], list[str]]:
@@ -106,45 +80,3 @@ async def setup_certificate(cmd: SetupCertificateCommand, ctx: CommandContext) -
         details=f"installed {info.subject}, valid until {info.not_after:%Y-%m-%d}; libvirtd "
         "will use it once no command is running",
     )
-
-
-def _systemd_running() -> bool:
-    return Path("/run/systemd/system").is_dir() and shutil.which("systemctl") is not None
-
-
-def reload_libvirtd(mode: str) -> str:
-    """Make libvirtd use the new files; returns what was done. Raises RuntimeError."""
-    if mode == "none":
-        return "not reloaded (libvirtd.reload=none)"
-    errors = []
-    if mode in ("auto", "update-tls"):
-        try:
-            done = subprocess.run(
-                ["virt-admin", "server-update-tls", "libvirtd"],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-            if done.returncode == 0:
-                return "virt-admin server-update-tls libvirtd"
-            errors.append(f"virt-admin: {done.stderr.strip() or done.returncode}")
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            errors.append(f"virt-admin: {exc}")
-        if mode == "update-tls":
-            raise RuntimeError("; ".join(errors))
-    if _systemd_running():
-        argv = ["systemctl", "restart", "libvirtd"]
-    elif shutil.which("service"):
-        argv = ["service", "libvirtd", "restart"]
-    else:
-        argv = ["/etc/init.d/libvirtd", "restart"]
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        errors.append(f"{' '.join(argv)}: {exc}")
-        raise RuntimeError("; ".join(errors)) from None
-    if done.returncode != 0:
-        errors.append(f"{' '.join(argv)}: {done.stderr.strip() or done.returncode}")
-        raise RuntimeError("; ".join(errors))
-    return " ".join(argv)

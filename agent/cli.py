@@ -72,7 +72,7 @@ def _read(path: Path) -> bytes:
 
 def keystore_setup(args: argparse.Namespace) -> int:
     from agent.certificates import host_identity
-    from agent.certstore import CertStore
+    from agent.certs.store import CertStore
 
     fqdn, names, ips = host_identity()
     csr = CertStore(_cert_dir(args)).new_csr(fqdn, names, ips)
@@ -81,8 +81,8 @@ def keystore_setup(args: argparse.Namespace) -> int:
 
 
 def keystore_cert_import(args: argparse.Namespace) -> int:
-    from agent.certs import CertificateError
-    from agent.certstore import CertStore
+    from agent.certs.keys import CertificateError
+    from agent.certs.store import CertStore
 
     store = CertStore(_cert_dir(args))
     try:

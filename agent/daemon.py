@@ -26,8 +26,11 @@ import libvirt
 import structlog
 import trio
 
-from agent import logs, pki
-from agent.certificates import expiry_warning, reload_libvirtd
+from agent import logs
+from agent.certs import system_pki as pki
+from agent.certs.expiry import expiry_warning
+from agent.certs.libvirtd import reload_libvirtd
+from agent.certs.trust import TLSConfigError, client_context
 from agent.commands import HandlerRegistry
 from agent.config import AgentConfig, ConfigError, LbAlgorithm, split_host_port
 from agent.hypervisor import Hypervisor
@@ -37,7 +40,6 @@ from agent.session import AgentSession, OutcomeKind
 from agent.state import AgentState, StateStore
 from agent.supervisor import HostCycler, probe_preferred, sleep_unless, valid_hosts
 from agent.tasks import TaskQueue
-from agent.tls import TLSConfigError, client_context
 from agent.transport import ConnectionLost, MessageStream
 from protocol import Session
 
@@ -49,9 +51,6 @@ EXIT_MARGIN = 5.0  # the process ends within shutdown.grace.seconds + this, in e
 
 log = structlog.get_logger("agent.daemon")
 
-# expiry_warning (agent.certificates) and split_host_port (agent.config) are re-exported
-# for the callers that import them from here.
-__all__ = ["Agent", "expiry_warning", "split_host_port"]
 
 _STATE_CHANGES = {
     libvirt.VIR_DOMAIN_EVENT_STARTED: "started",

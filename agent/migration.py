@@ -24,13 +24,13 @@ import structlog
 import trio
 from attrs import define, field
 
+from agent.certs.system_pki import PKI_LINKS
 from agent.config import AgentConfig
 from agent.hypervisor import Hypervisor, HypervisorError
 from agent.migration_errors import diagnose
 from agent.migration_job import ACTIVE_JOBS, POLL_SECONDS, MigrationJob, watch
 from agent.migration_remote import REMOTE_TIMEOUT, resume_paused, state_name
 from agent.migration_remote import dest_state as dest_state_of
-from agent.pki import PKI_LINKS
 from protocol.messages.migration import (
     MigrateAnswer,
     MigrateCommand,

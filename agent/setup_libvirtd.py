@@ -4,7 +4,7 @@ The out-of-band counterpart of ``cloudstack-setup-agent -s`` (spec: certificates
 In order, and idempotently: refuse unless cert-dir holds a valid certificate set; set TLS in
 libvirtd.conf and qemu.conf (comments and other settings kept); make libvirtd listen
 (socket activation or ``--listen``); open 16514/tcp; link the libvirt/QEMU PKI paths to
-cert-dir and give QEMU standard DH parameters (agent.dhparams); write
+cert-dir and give QEMU standard DH parameters (agent.certs.dhparams); write
 ``libvirtd.tls.enabled=true``; restart libvirtd or tell the operator to.
 
 System paths are taken under ``--root``; system commands run only when it is ``/`` (other
@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import TextIO
 
 from agent import confedit
-from agent.certs import CertificateError
-from agent.certstore import CertStore
+from agent.certs.dhparams import DH_PARAMS, GROUP_NAME, needs_dh_params
+from agent.certs.keys import CertificateError
+from agent.certs.store import CertStore
+from agent.certs.system_pki import LIBVIRTD_CONF, PKI_LINKS, certificate_set
 from agent.config import DEFAULT_CONFIG, ConfigError, read_properties, set_property
-from agent.dhparams import DH_PARAMS, GROUP_NAME, needs_dh_params
-from agent.pki import LIBVIRTD_CONF, PKI_LINKS, certificate_set
 
 TLS_PORT = "16514"
 QEMU_CONF = "etc/libvirt/qemu.conf"

@@ -15,13 +15,13 @@ import pytest
 import trio
 from cryptography import x509
 
-from agent import certstore as certstore_module
-from agent.certs import CertificateError
-from agent.certstore import CertStore
+from agent.certs import store as certstore_module
+from agent.certs.dhparams import DH_PARAMS, FFDHE3072_PEM
+from agent.certs.keys import CertificateError
+from agent.certs.store import CertStore
+from agent.certs.system_pki import PKI_LINKS, certificate_set
 from agent.commands import CommandContext, HandlerRegistry
-from agent.dhparams import DH_PARAMS, FFDHE3072_PEM
 from agent.hostinfo import local_addresses
-from agent.pki import PKI_LINKS, certificate_set
 from lab.ca import LabCA
 from protocol.messages.certificates import (
     SetupCertificateAnswer,
@@ -326,7 +326,7 @@ async def test_in_band_provisioning_reload_waits_for_running_commands(tmp_path: 
 def test_expiry_warnings(tmp_path: Path, cloud_ca: LabCA) -> None:
     import datetime as dt
 
-    from agent.daemon import expiry_warning
+    from agent.certs.expiry import expiry_warning
 
     now = dt.datetime.now(dt.UTC)
     assert expiry_warning(tmp_path, 30) is None  # no certificate yet
@@ -346,7 +346,7 @@ def test_expiry_warnings(tmp_path: Path, cloud_ca: LabCA) -> None:
 def test_secured_needs_valid_certificates_libvirtd_tls_and_qemu_files(
     tmp_path: Path, cloud_ca: LabCA
 ) -> None:
-    from agent.pki import evaluate
+    from agent.certs.system_pki import evaluate
 
     certs, root = tmp_path / "certs", tmp_path / "root"
     store = CertStore(certs)

@@ -1,4 +1,4 @@
-"""QEMU's DH parameters (agent.dhparams): the RFC 7919 group, written once, accepted by QEMU."""
+"""QEMU's DH parameters (agent.certs.dhparams): the RFC 7919 group, written once, QEMU reads it."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.certstore import CertStore
-from agent.dhparams import (
+from agent.certs.dhparams import (
     DH_PARAMS,
     FFDHE3072_PEM,
     dh_numbers,
@@ -22,6 +21,7 @@ from agent.dhparams import (
     needs_dh_params,
     problem,
 )
+from agent.certs.store import CertStore
 from lab.ca import LabCA
 from tests.agent_env import ROOT
 from tests.conftest_lab import lab_required

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agent.tls import load_trust_anchors
+from agent.certs.trust import load_trust_anchors
 from agent.transport import ConnectionLost, MessageStream, RequestTimeout
 from lab.ca import LabCA
 from lab.control import ControlServer, control_request
@@ -66,7 +66,7 @@ def client_context(
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = False  # the Java agent does none; the MS presents its CA cert
     # As the agent trusts it: CloudStack's CA certificate is no fit server certificate
-    # for OpenSSL without an explicit serverAuth trust setting (agent.tls).
+    # for OpenSSL without an explicit serverAuth trust setting (agent.certs.trust).
     load_trust_anchors(ctx, trust.cert_pem, source="the test's CA")
     if cert_from is not None:
         key_pem, cert_pem = cert_from.issue(f"{name}.test", sans=["127.0.0.1"])

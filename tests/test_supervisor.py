@@ -8,8 +8,8 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from agent.config import AgentConfig, LbAlgorithm, parse_host_list
-from agent.daemon import Agent, split_host_port
+from agent.config import AgentConfig, LbAlgorithm, parse_host_list, split_host_port
+from agent.daemon import Agent
 from agent.supervisor import HostCycler
 from agent.transport import ConnectionLost, MessageStream
 

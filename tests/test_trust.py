@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.tls import (
+from agent.certs.trust import (
     SERVER_AUTH_TRUST,
     TLSConfigError,
     client_context,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from attrs import frozen
 
-from agent.certs import CertificateError, ValidCertificate, validate
-from agent.tls import CA_FILE, CERT_FILE, KEY_FILE
+from agent.certs.keys import CertificateError, ValidCertificate, validate
+from agent.certs.trust import CA_FILE, CERT_FILE, KEY_FILE
 
 # libvirt / QEMU path (relative to root) -> the agent's file it links to.
 PKI_LINKS: dict[str, str] = {
