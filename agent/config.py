@@ -264,8 +264,7 @@ class AgentConfig:
             )
         values["log_level"] = values["log_level"].lower()
         values["ms_hosts"], values["lb_algorithm"] = parse_host_list(values["host"])
-        default_cert_dir = path.parent if path is not None else Path.cwd()
-        values["cert_dir"] = Path(values["cert_dir"]) if values["cert_dir"] else default_cert_dir
+        values["cert_dir"] = cert_dir_of(props, path)
         values["state_dir"] = Path(values["state_dir"])
         values["pki_root"] = Path(values["pki_root"] or "/")
         if values["libvirtd_reload"] not in _RELOAD_MODES:
@@ -300,6 +299,15 @@ class AgentConfig:
         return attrs.evolve(new, **kept), restart
 
 
+def cert_dir_of(props: Mapping[str, str], config_path: Path | None) -> Path:
+    """``cert.dir`` as agent.properties sets it; by default the directory agent.properties is
+    in (the working directory for a configuration that was not read from a file)."""
+    value = props.get("cert.dir", "").strip()
+    if value:
+        return Path(value)
+    return config_path.parent if config_path is not None else Path.cwd()
+
+
 def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
     out = {}
     for pair in pairs:
@@ -322,24 +330,3 @@ def read_properties(path: Path, overrides: Sequence[str] = ()) -> dict[str, str]
         raise ConfigError(f"{path} is not a valid properties file: {exc}") from None
     props.update(parse_overrides(overrides))
     return props
-
-
-def set_property(path: Path, key: str, value: str) -> None:
-    """Set one key in a properties file, keeping comments and the other lines."""
-    from agent.fsutil import atomic_write
-
-    lines = path.read_text(encoding="latin-1").splitlines() if path.exists() else []
-    out, found = [], False
-    for line in lines:
-        stripped = line.lstrip()
-        if stripped and stripped[0] not in "#!":
-            k = next(iter(javaproperties.loads(line) or {"": ""}))
-            if k == key:
-                if not found:
-                    out.append(javaproperties.join_key_value(key, value))
-                found = True
-                continue
-        out.append(line)
-    if not found:
-        out.append(javaproperties.join_key_value(key, value))
-    atomic_write(path, ("\n".join(out) + "\n").encode("latin-1"), mode=0o644)
