@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 import structlog
 import trio
 
-from agent import hostinfo
 from agent.certs.keys import CertificateError
 from agent.certs.store import CertStore
+from agent.hypervisor import hostinfo
 from protocol.messages.certificates import (
     SetupCertificateAnswer,
     SetupCertificateCommand,

@@ -33,8 +33,8 @@ from protocol.model import Answer, Message
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
-    from agent.hypervisor import Hypervisor
-    from agent.migration import Migrations
+    from agent.hypervisor.connection import Hypervisor
+    from agent.hypervisor.migration.engine import Migrations
     from agent.state import StateStore
     from agent.tasks import TaskQueue
 

@@ -33,8 +33,8 @@ from agent.certs.libvirtd import reload_libvirtd
 from agent.certs.trust import TLSConfigError, client_context
 from agent.commands import HandlerRegistry
 from agent.config import AgentConfig, ConfigError, LbAlgorithm, split_host_port
-from agent.hypervisor import Hypervisor
-from agent.migration import Migrations
+from agent.hypervisor.connection import Hypervisor
+from agent.hypervisor.migration.engine import Migrations
 from agent.sdnotify import Notifier
 from agent.session import AgentSession, OutcomeKind
 from agent.state import AgentState, StateStore

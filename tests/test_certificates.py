@@ -21,7 +21,7 @@ from agent.certs.keys import CertificateError
 from agent.certs.store import CertStore
 from agent.certs.system_pki import PKI_LINKS, certificate_set
 from agent.commands import CommandContext, HandlerRegistry
-from agent.hostinfo import local_addresses
+from agent.hypervisor.hostinfo import local_addresses
 from lab.ca import LabCA
 from protocol.messages.certificates import (
     SetupCertificateAnswer,

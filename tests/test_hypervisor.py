@@ -9,7 +9,7 @@ import libvirt
 import pytest
 import trio
 
-from agent.hypervisor import Hypervisor, HypervisorError, start_event_loop
+from agent.hypervisor.connection import Hypervisor, HypervisorError, start_event_loop
 from protocol.messages.host import CheckHealthAnswer, CheckHealthCommand, PingRoutingCommand
 from tests.agent_env import agent_config, agent_dir, guid_of, running_agent, running_ms
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.migration import rewrite_graphics_listen, timeout_for
-from agent.migration_errors import diagnose
+from agent.hypervisor.migration.engine import rewrite_graphics_listen, timeout_for
+from agent.hypervisor.migration.errors import diagnose
 from protocol.messages.migration import (
     MigrateAnswer,
     MigrateCommand,
@@ -89,8 +89,8 @@ async def test_failed_migration_leaves_the_vm_running_and_defined(tmp_path: Path
 
 async def test_outgoing_migrations_beyond_the_limit_are_refused(tmp_path: Path) -> None:
     from agent.config import AgentConfig
-    from agent.hypervisor import Hypervisor
-    from agent.migration import Migrations
+    from agent.hypervisor.connection import Hypervisor
+    from agent.hypervisor.migration.engine import Migrations
 
     config = AgentConfig.from_properties(
         {"guid": "g", "state.dir": str(tmp_path), "migration.max.outgoing": "1"}

@@ -14,7 +14,7 @@ import trio
 
 from agent.commands import CommandContext, HandlerRegistry
 from agent.daemon import Agent
-from agent.hypervisor import HypervisorError
+from agent.hypervisor.connection import HypervisorError
 from lab.mgmt import CommandError
 from protocol.messages.migration import MigrateAnswer, MigrateCommand
 from protocol.model import Answer, Command, Message

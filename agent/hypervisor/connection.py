@@ -17,7 +17,7 @@ import structlog
 import trio
 from attrs import define, frozen
 
-from agent import hostinfo
+from agent.hypervisor import hostinfo
 
 log = structlog.get_logger("agent.hypervisor")
 _T = TypeVar("_T")

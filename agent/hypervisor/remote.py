@@ -20,7 +20,7 @@ from typing import Any
 import libvirt
 import trio
 
-from agent.hypervisor import start_event_loop
+from agent.hypervisor.connection import start_event_loop
 
 REMOTE_TIMEOUT = 20.0  # the most any one call to the destination may take (at most 30 s)
 KEEPALIVE = (5, 3)  # a destination silent for ~20 s fails the call in progress

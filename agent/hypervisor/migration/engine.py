@@ -7,7 +7,7 @@ the source is undefined only once the VM runs on the destination.
 
 The command's ``wait`` (vm.migrate.wait when it has none) bounds the whole handling: the
 job is aborted early enough to read the outcome within it, and every look at the
-destination is bounded (:mod:`agent.migration_remote`). Each migration is a job owned by
+destination is bounded (:mod:`agent.hypervisor.remote`). Each migration is a job owned by
 :class:`Migrations`, which lives as long as the hypervisor connection: when the agent
 stops, running jobs are aborted, their outcome read on both hosts and logged.
 """
@@ -26,11 +26,11 @@ from attrs import define, field
 
 from agent.certs.system_pki import PKI_LINKS
 from agent.config import AgentConfig
-from agent.hypervisor import Hypervisor, HypervisorError
-from agent.migration_errors import diagnose
-from agent.migration_job import ACTIVE_JOBS, POLL_SECONDS, MigrationJob, watch
-from agent.migration_remote import REMOTE_TIMEOUT, resume_paused, state_name
-from agent.migration_remote import dest_state as dest_state_of
+from agent.hypervisor.connection import Hypervisor, HypervisorError
+from agent.hypervisor.migration.errors import diagnose
+from agent.hypervisor.migration.monitor import ACTIVE_JOBS, POLL_SECONDS, MigrationJob, watch
+from agent.hypervisor.remote import REMOTE_TIMEOUT, resume_paused, state_name
+from agent.hypervisor.remote import dest_state as dest_state_of
 from protocol.messages.migration import (
     MigrateAnswer,
     MigrateCommand,
@@ -38,7 +38,7 @@ from protocol.messages.migration import (
     PrepareForMigrationCommand,
 )
 
-log = structlog.get_logger("agent.migration")
+log = structlog.get_logger("agent.hypervisor.migration.engine")
 SETTLE_SECONDS = 30  # after an error, how long libvirt may keep the job going
 
 _SERVER_PKI = tuple(
