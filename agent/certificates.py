@@ -16,6 +16,7 @@ import trio
 from agent.certs.keys import CertificateError
 from agent.certs.store import CertStore
 from agent.hypervisor import hostinfo
+from agent.hypervisor.hostinfo import host_identity
 from protocol.messages.certificates import (
     SetupCertificateAnswer,
     SetupCertificateCommand,
@@ -28,13 +29,6 @@ if TYPE_CHECKING:
     from agent.commands import CommandContext
 
 log = structlog.get_logger("agent.certificates")
-
-
-def host_identity() -> tuple[str, list[str], list[str]]:
-    """(FQDN, host names, local IPs except loopback and link-local) for the CSR."""
-    facts = hostinfo.os_facts()
-    names = [n for n in dict.fromkeys([facts.hostname]) if n and n != facts.fqdn]
-    return facts.fqdn, names, hostinfo.local_addresses()
 
 
 async def setup_keystore(cmd: SetupKeyStoreCommand, ctx: CommandContext) -> Message:

@@ -66,8 +66,8 @@ def _read(path: Path) -> bytes:
 
 
 def keystore_setup(args: argparse.Namespace) -> int:
-    from agent.certificates import host_identity
     from agent.certs.store import CertStore
+    from agent.hypervisor.hostinfo import host_identity
 
     fqdn, names, ips = host_identity()
     csr = CertStore(_cert_dir(args)).new_csr(fqdn, names, ips)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from attrs import frozen
 
 from agent import certificates
+from agent.certs import system_pki
 from agent.config import LbAlgorithm, parse_algorithm
 from protocol.messages.certificates import SetupCertificateCommand, SetupKeyStoreCommand
 from protocol.messages.host import (
@@ -192,6 +193,11 @@ async def migrate(cmd: MigrateCommand, ctx: CommandContext) -> Message:
 
 async def prepare_for_migration(cmd: PrepareForMigrationCommand, ctx: CommandContext) -> Message:
     secured = await ctx.agent.secured(ctx.config)
+    root = ctx.config.pki_root
     return await ctx.agent.migrations.prepare(
-        cmd, secured=secured, root=ctx.config.pki_root, config=ctx.config
+        cmd,
+        missing_tls_files=system_pki.missing(root, system_pki.MIGRATION_TLS_FILES)
+        if secured
+        else [],
+        config=ctx.config,
     )

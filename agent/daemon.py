@@ -22,7 +22,6 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 
-import libvirt
 import structlog
 import trio
 
@@ -34,6 +33,7 @@ from agent.certs.trust import TLSConfigError, client_context
 from agent.commands import HandlerRegistry
 from agent.config import AgentConfig, ConfigError, LbAlgorithm, split_host_port
 from agent.hypervisor.connection import Hypervisor
+from agent.hypervisor.events import DomainEvent
 from agent.hypervisor.migration.engine import Migrations
 from agent.sdnotify import Notifier
 from agent.session import AgentSession, OutcomeKind
@@ -50,13 +50,6 @@ CLEANUP_SECONDS = 4.0  # after the grace period: abort migrations, read where th
 EXIT_MARGIN = 5.0  # the process ends within shutdown.grace.seconds + this, in every state
 
 log = structlog.get_logger("agent.daemon")
-
-
-_STATE_CHANGES = {
-    libvirt.VIR_DOMAIN_EVENT_STARTED: "started",
-    libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
-    libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
-}
 
 
 class Agent:
@@ -309,10 +302,10 @@ class Agent:
         sys.stdout.flush()
         os._exit(self.exit_code)
 
-    def _on_domain_event(self, name: str, event: int, detail: int) -> None:
+    def _on_domain_event(self, event: DomainEvent) -> None:
         # A VM started or stopped (a migration included): tell the MS now, not at the next ping.
-        if event in _STATE_CHANGES and self.session is not None:
-            log.info("domain state changed", vm=name, change=_STATE_CHANGES[event])
+        if event.kind.changes_power_state and self.session is not None:
+            log.info("domain state changed", vm=event.name, change=event.kind.value)
             self.session.ping_soon()
 
     async def _graceful_end(self, session: AgentSession, tell_ms: bool) -> None:

@@ -20,7 +20,8 @@ from agent import __version__
 from agent.budget import REQUEST_OVERHEAD
 from agent.commands import AgentControl, CommandContext, HandlerRegistry
 from agent.config import parse_algorithm
-from agent.hypervisor.connection import HypervisorError, os_only_facts
+from agent.hypervisor.connection import HypervisorError
+from agent.hypervisor.facts import os_only_facts
 from agent.supervisor import backoff_from_ms
 from agent.tasks import QueueClosed
 from agent.transport import ConnectionLost, MessageStream, RequestTimeout

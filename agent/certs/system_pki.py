@@ -32,6 +32,10 @@ PKI_LINKS: dict[str, str] = {
     "etc/pki/libvirt-vnc/server-key.pem": KEY_FILE,
 }
 QEMU_TLS_FILES = tuple(p for p in PKI_LINKS if p.startswith("etc/pki/qemu/"))
+# What a host needs to receive a migration over TLS (libvirtd's and QEMU's server side).
+MIGRATION_TLS_FILES = tuple(
+    p for p in PKI_LINKS if p.startswith(("etc/pki/CA/", "etc/pki/libvirt/", "etc/pki/qemu/"))
+)
 LIBVIRTD_CONF = "etc/libvirt/libvirtd.conf"
 _LISTEN_TLS = re.compile(r"^\s*listen_tls\s*=\s*1\s*(#.*)?$", re.M)
 
@@ -54,6 +58,11 @@ def certificate_set(cert_dir: Path, *, now: dt.datetime | None = None) -> ValidC
         except OSError as exc:
             raise CertificateError(f"cannot read {cert_dir / name}: {exc.strerror}") from None
     return validate(files[CERT_FILE], files[KEY_FILE], files[CA_FILE], now=now)
+
+
+def missing(root: Path, paths: tuple[str, ...]) -> list[str]:
+    """The ``paths`` (relative to ``root``) that do not exist, as full paths."""
+    return [str(root / p) for p in paths if not (root / p).exists()]
 
 
 def libvirtd_tls_configured(root: Path, tls_enabled_setting: bool) -> bool:
@@ -84,7 +93,6 @@ def evaluate(
             "libvirtd is not configured for TLS (libvirtd.tls.enabled=false and no "
             f"listen_tls = 1 in {root / LIBVIRTD_CONF})"
         )
-    missing = [str(root / p) for p in QEMU_TLS_FILES if not (root / p).exists()]
-    if missing:
-        reasons.append(f"QEMU TLS files missing: {', '.join(missing)}")
+    if absent := missing(root, QEMU_TLS_FILES):
+        reasons.append(f"QEMU TLS files missing: {', '.join(absent)}")
     return SecurityReport(not reasons, tuple(reasons), certificate)
