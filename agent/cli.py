@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import trio
 
     from agent import logs
-    from agent.daemon import Agent
+    from agent.daemon.app import Agent
 
     logs.configure(config.log_level)
     try:

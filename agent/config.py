@@ -19,6 +19,13 @@ import javaproperties
 from attrs import frozen
 
 DEFAULT_CONFIG = Path("/etc/cloudstack/agent/agent.properties")
+# CloudStack's KVM resource class: the MS knows this host as "<guid>-LibvirtComputingResource".
+RESOURCE_NAME = "LibvirtComputingResource"
+
+
+def host_guid(guid: str) -> str:
+    """The host's guid as the MS knows it, for agent.properties' ``guid``."""
+    return f"{guid}-{RESOURCE_NAME}"
 
 
 class ConfigError(Exception):
@@ -37,6 +44,26 @@ def parse_algorithm(name: str | None) -> LbAlgorithm | None:
         return LbAlgorithm(name.strip().lower()) if name else None
     except ValueError:
         return None
+
+
+MS_BACKOFF_RANGE = (1.0, 300.0)  # what backoff.seconds from the MS is clamped to
+
+
+def backoff_from_ms(raw: object) -> tuple[float | None, str | None]:
+    """``backoff.seconds`` as StartupAnswer.params carries it -> (the seconds to use, or
+    None to keep ours; a warning for the log, or None)."""
+    what = f"backoff.seconds={raw!r:.40} from the management server"
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None, f"ignoring {what}: not a number"
+    if not math.isfinite(value):
+        return None, f"ignoring {what}: not finite"
+    low, high = MS_BACKOFF_RANGE
+    clamped = min(max(value, low), high)
+    if clamped != value:
+        return clamped, f"{what} is outside {low:g}..{high:g}s; using {clamped:g}s"
+    return value, None
 
 
 def split_host_port(entry: str, default_port: int) -> tuple[str, int]:
@@ -248,6 +275,12 @@ class AgentConfig:
     pki_root: Path
     keystore_passphrase: str = attrs.field(repr=False)
     extra: Mapping[str, str] = attrs.field(factory=dict, repr=False)  # keys we do not read
+
+    @property
+    def host_guid(self) -> str:
+        """``<guid>-LibvirtComputingResource``: the guid in StartupRoutingCommand and VM
+        reports."""
+        return host_guid(self.guid)
 
     @classmethod
     def from_properties(cls, props: Mapping[str, str], *, path: Path | None = None) -> AgentConfig:

@@ -13,9 +13,10 @@ from pathlib import Path
 import trio
 
 from agent import logs
-from agent.commands import CommandContext, HandlerRegistry
 from agent.config import AgentConfig
-from agent.daemon import Agent
+from agent.daemon.app import Agent
+from agent.handlers import HandlerRegistry
+from agent.handlers.context import CommandContext
 from protocol.model import Answer, Message, UnknownMessage
 
 SLOW_COMMAND = "bench.SlowCommand"

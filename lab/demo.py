@@ -157,7 +157,7 @@ async def full_story(base: Path) -> list[tuple[str, str]]:
 async def test_driver_story(base: Path) -> list[tuple[str, str]]:
     """What runs without root: one agent on libvirt's test driver, two MSes, failover."""
     from agent.config import AgentConfig
-    from agent.daemon import Agent
+    from agent.daemon.app import Agent
     from lab.mgmt import ManagementServer
     from protocol.messages.host import CheckHealthCommand, StartupRoutingCommand
 

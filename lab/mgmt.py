@@ -24,7 +24,7 @@ import trio
 from attrs import define, field
 from structlog.typing import FilteringBoundLogger
 
-from agent.transport import ConnectionLost, MessageStream, RequestTimeout, describe
+from agent.link.transport import ConnectionLost, MessageStream, RequestTimeout, describe
 from lab.ca import LabCA
 from lab.db import HostDB, HostRecord
 from protocol import Answer, Message, Request, Session, UnknownMessage

@@ -18,10 +18,10 @@ import structlog
 import trio
 
 from agent import logs
-from agent.commands import HandlerRegistry
 from agent.config import AgentConfig
-from agent.daemon import Agent
-from agent.transport import ConnectionLost, MessageStream
+from agent.daemon.app import Agent
+from agent.handlers import HandlerRegistry
+from agent.link.transport import ConnectionLost, MessageStream
 from lab.ca import LabCA
 from lab.mgmt import ManagementServer
 from protocol import Message, Request, Response, Session

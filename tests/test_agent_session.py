@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import trio
 
-from agent.commands import CommandContext, HandlerRegistry
-from agent.session import STOPPED_BY_PREVIOUS_FAILURE
+from agent.handlers import HandlerRegistry
+from agent.handlers.context import CommandContext
+from agent.link.session import STOPPED_BY_PREVIOUS_FAILURE
 from lab.ca import LabCA
 from protocol import Request
 from protocol.messages.host import (

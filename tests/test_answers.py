@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.commands import CommandContext, HandlerRegistry, migrate_agent_connection
+from agent.handlers import HandlerRegistry
+from agent.handlers.context import CommandContext
+from agent.handlers.host import migrate_agent_connection
 from protocol import LocalProtocolError, ProtocolError
 from protocol.codec import encode_body
 from protocol.messages.host import (

@@ -20,7 +20,8 @@ from agent.certs.dhparams import DH_PARAMS, FFDHE3072_PEM
 from agent.certs.keys import CertificateError
 from agent.certs.store import CertStore
 from agent.certs.system_pki import PKI_LINKS, certificate_set
-from agent.commands import CommandContext, HandlerRegistry
+from agent.handlers import HandlerRegistry
+from agent.handlers.context import CommandContext
 from agent.hypervisor.hostinfo import local_addresses
 from lab.ca import LabCA
 from protocol.messages.certificates import (

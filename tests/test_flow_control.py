@@ -15,7 +15,9 @@ from typing import ClassVar
 import trio
 from attrs import frozen
 
-from agent.commands import CommandContext, HandlerRegistry
+from agent.handlers import HandlerRegistry
+from agent.handlers.context import CommandContext
+from agent.link.tasks import TaskQueue
 from protocol import Flags, Header
 from protocol.codec import encode_body
 from protocol.messages.host import CheckHealthAnswer, CheckHealthCommand
@@ -74,9 +76,10 @@ async def test_backpressure_holds_no_more_than_the_budget_and_loses_nothing(
     payload = 200 * 1024
     in_flight_seen: list[int] = []
     registry = HandlerRegistry.with_builtins()
+    queues: list[TaskQueue] = []  # the agent's, once it runs (no handler sees the agent)
 
     async def slow(cmd: PayloadCommand, ctx: CommandContext) -> Message:
-        in_flight_seen.append(ctx.agent.tasks.in_flight)
+        in_flight_seen.append(queues[0].in_flight)
         await trio.sleep(0.05)
         return Answer(result=True, details=str(len(cmd.pad)))
 
@@ -91,6 +94,7 @@ async def test_backpressure_holds_no_more_than_the_budget_and_loses_nothing(
         )
         async with running_agent(config, registry) as agent:
             await ms.wait_for_host(GUID, timeout=10)
+            queues.append(agent.tasks)
             answers: list[Message] = []
 
             async def one(i: int) -> None:

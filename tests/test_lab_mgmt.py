@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from agent.certs.trust import load_trust_anchors
-from agent.transport import ConnectionLost, MessageStream, RequestTimeout
+from agent.link.transport import ConnectionLost, MessageStream, RequestTimeout
 from lab.ca import LabCA
 from lab.control import ControlServer, control_request
 from lab.mgmt import HostNotConnected, ManagementServer, MigrationRefused

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.config import AgentConfig, ConfigError, LbAlgorithm, host_entry_problem
-from agent.supervisor import MIN_RETRY, HostCycler, backoff_from_ms
+from agent.config import AgentConfig, ConfigError, LbAlgorithm, backoff_from_ms, host_entry_problem
+from agent.daemon.mslist import MIN_RETRY, HostCycler
 from protocol.messages.host import SetupMSListAnswer, SetupMSListCommand, StartupRoutingCommand
 from tests.agent_env import (
     ROOT,

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.commands import CommandContext, HandlerRegistry
-from agent.daemon import Agent
+from agent.daemon.app import Agent
+from agent.handlers import HandlerRegistry
+from agent.handlers.context import CommandContext
 from agent.hypervisor.connection import HypervisorError
 from lab.mgmt import CommandError
 from protocol.messages.migration import MigrateAnswer, MigrateCommand
@@ -115,7 +116,7 @@ async def test_the_hypervisor_connection_outlives_every_command(tmp_path: Path) 
             # migration's abort and outcome check need it.
             with trio.CancelScope(shield=True):
                 try:
-                    seen.append(await ctx.agent.hypervisor.running_domains())
+                    seen.append(await ctx.hypervisor.running_domains())
                 except HypervisorError as exc:
                     seen.append(exc)
         return Answer(result=True)

@@ -10,10 +10,15 @@ import datetime as dt
 import re
 from pathlib import Path
 
+import structlog
+import trio
 from attrs import frozen
 
 from agent.certs.keys import CertificateError, ValidCertificate, validate
 from agent.certs.trust import CA_FILE, CERT_FILE, KEY_FILE
+from agent.config import AgentConfig
+
+log = structlog.get_logger("agent.system_pki")
 
 # libvirt / QEMU path (relative to root) -> the agent's file it links to.
 PKI_LINKS: dict[str, str] = {
@@ -96,3 +101,23 @@ def evaluate(
     if absent := missing(root, QEMU_TLS_FILES):
         reasons.append(f"QEMU TLS files missing: {', '.join(absent)}")
     return SecurityReport(not reasons, tuple(reasons), certificate)
+
+
+async def secured(config: AgentConfig) -> bool:
+    """Evaluated at every registration and migration (in a worker thread: it reads files),
+    and logged: certificates, libvirtd TLS, QEMU TLS files."""
+    report = await trio.to_thread.run_sync(
+        lambda: evaluate(
+            config.cert_dir, tls_enabled_setting=config.libvirtd_tls_enabled, root=config.pki_root
+        )
+    )
+    if report.secured:
+        log.info(
+            "host is secured",
+            not_after=str(report.certificate.not_after) if report.certificate else None,
+        )
+    elif any("expired" in r for r in report.reasons):
+        log.error("host certificate EXPIRED: registering as unsecured", reasons=report.reasons)
+    else:
+        log.info("host is not secured", reasons=list(report.reasons))
+    return report.secured

@@ -15,7 +15,7 @@ import structlog
 import trio
 from attrs import define, field
 
-from agent.budget import ByteBudget
+from agent.link.budget import ByteBudget
 from protocol import (
     Answer,
     BodyError,

@@ -4,7 +4,7 @@ It limits concurrency to ``workers``, runs IN_SEQUENCE requests one after anothe
 arrival order, counts what is in flight and lets others wait until nothing is. It lives
 as long as the agent, not a session, so a command outlives a dropped connection.
 
-What waits is bounded in bytes, not in number (:class:`~agent.budget.ByteBudget`): a job
+What waits is bounded in bytes, not in number (:class:`~agent.link.budget.ByteBudget`): a job
 waiting for a worker is a closure in a deque, not a task, so a burst of twenty thousand
 cheap commands costs little and is served in full.
 """
@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 import structlog
 import trio
 
-from agent.budget import ByteBudget
+from agent.link.budget import ByteBudget
 
 log = structlog.get_logger("agent.tasks")
 

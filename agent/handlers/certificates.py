@@ -8,13 +8,16 @@ secured).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import structlog
 import trio
 
 from agent.certs.keys import CertificateError
 from agent.certs.store import CertStore
+from agent.config import AgentConfig
+from agent.handlers import handler
+from agent.handlers.context import TlsReload
 from agent.hypervisor import hostinfo
 from agent.hypervisor.hostinfo import host_identity
 from protocol.messages.certificates import (
@@ -25,13 +28,19 @@ from protocol.messages.certificates import (
 )
 from protocol.model import Message
 
-if TYPE_CHECKING:
-    from agent.commands import CommandContext
-
 log = structlog.get_logger("agent.certificates")
 
 
-async def setup_keystore(cmd: SetupKeyStoreCommand, ctx: CommandContext) -> Message:
+class CertificateContext(Protocol):
+    @property
+    def config(self) -> AgentConfig: ...
+
+    @property
+    def tls_reload(self) -> TlsReload: ...
+
+
+@handler(SetupKeyStoreCommand)
+async def setup_keystore(cmd: SetupKeyStoreCommand, ctx: CertificateContext) -> Message:
     # keystorePassword is for a Java keystore; PEM files need none. Never logged.
     store = CertStore(ctx.config.cert_dir)
     fqdn, names, ips = await trio.to_thread.run_sync(host_identity)
@@ -39,7 +48,8 @@ async def setup_keystore(cmd: SetupKeyStoreCommand, ctx: CommandContext) -> Mess
     return SetupKeystoreAnswer(result=bool(csr), csr=csr.decode())
 
 
-async def setup_certificate(cmd: SetupCertificateCommand, ctx: CommandContext) -> Message:
+@handler(SetupCertificateCommand)
+async def setup_certificate(cmd: SetupCertificateCommand, ctx: CertificateContext) -> Message:
     cfg = ctx.config
     store = CertStore(cfg.cert_dir)
     key = cmd.private_key.encode() if cmd.private_key else None
@@ -68,7 +78,7 @@ async def setup_certificate(cmd: SetupCertificateCommand, ctx: CommandContext) -
         )
     if linked:
         log.info("PKI paths linked", paths=len(linked))
-    ctx.agent.schedule_tls_reload()
+    ctx.tls_reload.schedule()
     return SetupCertificateAnswer(
         result=True,
         details=f"installed {info.subject}, valid until {info.not_after:%Y-%m-%d}; libvirtd "
