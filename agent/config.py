@@ -172,8 +172,10 @@ def _str(_key: str) -> Any:
     return lambda raw: raw.strip()
 
 
-# key -> (attribute, converter factory, default as written in agent.properties or None)
-_KEYS: dict[str, tuple[str, Any, str | None]] = {
+# key -> (attribute, converter factory, default as written in agent.properties or None).
+# An attribute of None: a key of CloudStack's agent.properties that is accepted (and
+# validated) but not used by this agent.
+_KEYS: dict[str, tuple[str | None, Any, str | None]] = {
     "guid": ("guid", _str, None),
     "host": ("host", _str, "localhost"),
     "port": ("port", lambda k: _int(k, 1, 65535), "8250"),
@@ -190,7 +192,7 @@ _KEYS: dict[str, tuple[str, Any, str | None]] = {
     "startup.timeout": ("startup_timeout", lambda k: _float(k, 0.1, 30), "30"),
     "shutdown.grace.seconds": ("shutdown_grace", lambda k: _float(k, 0, 3600), "30"),
     "command.buffer.bytes": ("command_buffer_bytes", lambda k: _int(k, 65536, 1 << 36), "67108864"),
-    "hypervisor.type": ("hypervisor_type", _str, "kvm"),
+    "hypervisor.type": (None, _str, "kvm"),  # KVM is the only one
     "hypervisor.uri": ("hypervisor_uri", _str, "qemu:///system"),
     "private.network.device": ("private_network_device", _str, ""),
     "host.reserved.mem.mb": ("host_reserved_mem_mb", lambda k: _int(k, 0), "1024"),
@@ -210,7 +212,7 @@ _KEYS: dict[str, tuple[str, Any, str | None]] = {
     "cert.expiry.warn.days": ("cert_expiry_warn_days", lambda k: _int(k, 0), "30"),
     "libvirtd.reload": ("libvirtd_reload", _str, "auto"),
     "pki.root": ("pki_root", _str, "/"),
-    "keystore.passphrase": ("keystore_passphrase", _str, ""),
+    "keystore.passphrase": (None, _str, ""),  # a Java keystore's; PEM files need none
 }
 # What SIGHUP applies (listed in etc/agent.properties); any other key keeps its value until
 # a restart, and a change to it is logged as needing one. Identity, the hypervisor
@@ -253,7 +255,6 @@ class AgentConfig:
     startup_timeout: float
     shutdown_grace: float
     command_buffer_bytes: int
-    hypervisor_type: str
     hypervisor_uri: str
     private_network_device: str
     host_reserved_mem_mb: int
@@ -273,8 +274,6 @@ class AgentConfig:
     cert_expiry_warn_days: int
     libvirtd_reload: str
     pki_root: Path
-    keystore_passphrase: str = attrs.field(repr=False)
-    extra: Mapping[str, str] = attrs.field(factory=dict, repr=False)  # keys we do not read
 
     @property
     def host_guid(self) -> str:
@@ -289,7 +288,9 @@ class AgentConfig:
             raw = props.get(key, default)
             if raw is None or (key == "guid" and not raw.strip()):
                 raise ConfigError(f"missing required key '{key}' in agent.properties")
-            values[attr] = factory(key)(raw)
+            value = factory(key)(raw)
+            if attr is not None:
+                values[attr] = value
         if values["log_level"].lower() not in _LOG_LEVELS:
             raise ConfigError(
                 f"invalid value for 'log.level': {values['log_level']!r} "
@@ -305,8 +306,7 @@ class AgentConfig:
                 f"invalid value for 'libvirtd.reload': {values['libvirtd_reload']!r} "
                 f"(expected one of {', '.join(_RELOAD_MODES)})"
             )
-        extra = {k: v for k, v in props.items() if k not in _KEYS}
-        return cls(path=path, extra=extra, **values)
+        return cls(path=path, **values)
 
     @classmethod
     def load(cls, path: Path, overrides: Sequence[str] = ()) -> AgentConfig:
@@ -324,7 +324,7 @@ class AgentConfig:
         kept: dict[str, Any] = {}
         restart = []
         for key, (attr, _factory, _default) in _KEYS.items():
-            if key in RELOADABLE:
+            if key in RELOADABLE or attr is None:
                 continue
             if getattr(new, attr) != getattr(self, attr):
                 restart.append(key)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Sequence
+from typing import Any
 
 from protocol.link import DEFAULT_MAX_MESSAGE, HandshakeComplete, Link, LinkClosed, LinkEvent
 from protocol.model import Message
@@ -70,9 +71,10 @@ class Connection:
         *,
         stop_on_error: bool = False,
         expect_response: bool = True,
+        tag: Any = None,
     ) -> tuple[Request, bytes]:
         request, plaintext = self.session.send_request(
-            commands, stop_on_error=stop_on_error, expect_response=expect_response
+            commands, stop_on_error=stop_on_error, expect_response=expect_response, tag=tag
         )
         return request, self.link.send_message(plaintext)
 

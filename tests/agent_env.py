@@ -18,7 +18,7 @@ import structlog
 import trio
 
 from agent import logs
-from agent.config import AgentConfig
+from agent.config import AgentConfig, host_guid
 from agent.daemon.app import Agent
 from agent.handlers import HandlerRegistry
 from agent.link.transport import ConnectionLost, MessageStream
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def guid_of(name: str) -> str:
-    return f"{name}-LibvirtComputingResource"
+    return host_guid(name)
 
 
 def free_port() -> int:

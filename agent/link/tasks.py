@@ -62,15 +62,8 @@ class TaskQueue:
         """Commands accepted and not finished (waiting for a worker or running)."""
         return self._in_flight
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def workers(self) -> int:
-        return int(self._limiter.total_tokens)
-
     def set_workers(self, workers: int) -> None:
+        """SIGHUP's ``workers``: more run at once from now on, or fewer as they finish."""
         self._limiter.total_tokens = workers
 
     def submit(self, job: Job, *, size: int = 0, in_sequence: bool = False) -> None:

@@ -74,7 +74,6 @@ class MessageStream:
         self.conn = conn
         self.peer = peer
         self._write_lock = trio.Lock()
-        self._waiters: dict[int, _Waiter] = {}
         self._closed: ConnectionLost | None = None
         self.peer_certificate: bytes | None = None
         self.budget: ByteBudget | None = None
@@ -206,8 +205,8 @@ class MessageStream:
             await self._shutdown()
 
     def _deliver(self, response: Response) -> None:
-        waiter = self._waiters.pop(response.sequence, None)
-        if waiter is not None:
+        waiter = response.tag
+        if isinstance(waiter, _Waiter):
             waiter.response = response
             waiter.event.set()
 
@@ -225,10 +224,10 @@ class MessageStream:
 
     def _fail_waiters(self, exc: ConnectionLost) -> None:
         self._closed = exc
-        for waiter in self._waiters.values():
-            waiter.error = exc
-            waiter.event.set()
-        self._waiters.clear()
+        for waiter in self.session.forget_all():
+            if isinstance(waiter, _Waiter):
+                waiter.error = exc
+                waiter.event.set()
 
     # --- writing --------------------------------------------------------------------
 
@@ -243,8 +242,10 @@ class MessageStream:
         waiter = _Waiter()
         async with self._write_lock:
             self._check_open()
-            request, data = self.conn.send_request(commands, stop_on_error=stop_on_error)
-            self._waiters[request.sequence] = waiter
+            # The session's table of requests in flight holds the waiter: one table.
+            request, data = self.conn.send_request(
+                commands, stop_on_error=stop_on_error, tag=waiter
+            )
             await self._send(data)
         try:
             with trio.move_on_after(timeout):
@@ -252,7 +253,6 @@ class MessageStream:
         finally:
             # Timed out or cancelled from outside: stop waiting for this sequence.
             if waiter.response is None and waiter.error is None:
-                self._waiters.pop(request.sequence, None)
                 self.session.forget(request.sequence)
         if waiter.error is not None:
             raise waiter.error
