@@ -6,6 +6,7 @@ import gzip
 import json
 import tracemalloc
 import zlib
+from collections.abc import Sequence
 
 import pytest
 
@@ -40,7 +41,7 @@ S2S_ANSWER = (
 )
 
 
-def roundtrip(messages: list[Message]) -> list[Message]:
+def roundtrip(messages: Sequence[Message]) -> list[Message]:
     data, length, compressed = encode_body(messages)
     return decode_body(data, length=length, compressed=compressed)
 

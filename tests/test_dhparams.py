@@ -41,7 +41,7 @@ def _floor_e_shifted(bits: int) -> int:
 def rfc7919_prime(bits: int) -> int:
     """RFC 7919 appendix A: p = 2^b - 2^(b-64) + {[2^(b-130) e] + X} * 2^64 - 1."""
     x = {2048: 560316, 3072: 2625351}[bits]
-    return 2**bits - 2 ** (bits - 64) + (_floor_e_shifted(bits - 130) + x) * 2**64 - 1
+    return int(2**bits - 2 ** (bits - 64) + (_floor_e_shifted(bits - 130) + x) * 2**64 - 1)
 
 
 def _der(tag: int, body: bytes) -> bytes:

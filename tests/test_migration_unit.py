@@ -78,8 +78,8 @@ async def test_failed_migration_leaves_the_vm_running_and_defined(tmp_path: Path
             (answer,) = await ms.send_command(
                 GUID, [MigrateCommand(vm_name="no-such-vm", dest_ip="127.0.0.1")]
             )
-            assert not answer.result  # type: ignore[attr-defined]
-            assert "not running on this host (not defined)" in answer.details  # type: ignore[attr-defined]
+            assert isinstance(answer, MigrateAnswer) and not answer.result
+            assert "not running on this host (not defined)" in (answer.details or "")
 
             (prepared,) = await ms.send_command(
                 GUID, [PrepareForMigrationCommand(vm={"name": "incoming-vm"})]
