@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.hypervisor.migration.engine import rewrite_graphics_listen, timeout_for
+from agent.hypervisor.migration.engine import rewrite_graphics_listen
 from agent.hypervisor.migration.errors import diagnose
+from agent.hypervisor.migration.monitor import timeout_for
 from protocol.messages.migration import (
     MigrateAnswer,
     MigrateCommand,

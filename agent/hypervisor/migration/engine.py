@@ -31,7 +31,14 @@ from agent.hypervisor import domains
 from agent.hypervisor.connection import Hypervisor, HypervisorError, Lane
 from agent.hypervisor.domains import LIVE, DomainState
 from agent.hypervisor.migration.errors import diagnose
-from agent.hypervisor.migration.monitor import ACTIVE_JOBS, POLL_SECONDS, MigrationJob, watch
+from agent.hypervisor.migration.monitor import (
+    ACTIVE_JOBS,
+    POLL_SECONDS,
+    MigrationJob,
+    handling_limit,
+    timeout_for,
+    watch,
+)
 from agent.hypervisor.remote import REMOTE_TIMEOUT, RemoteHosts
 from protocol.messages.migration import (
     MigrateAnswer,
@@ -52,20 +59,6 @@ def rewrite_graphics_listen(xml: str, dest_ip: str) -> str:
         return re.sub(r"(listen|address)='[^']*'", lambda m: f"{m.group(1)}='{dest_ip}'", tag)
 
     return re.sub(r"<graphics\b[^>]*>|<listen\b[^>]*type='address'[^>]*>", fix, xml)
-
-
-def timeout_for(cmd_wait: int, configured: int) -> float | None:
-    """The migration's limit in seconds: the smaller of vm.migrate.wait and the command's."""
-    limits = [w for w in (cmd_wait, configured) if w and w > 0]
-    return float(min(limits)) if limits else None
-
-
-def handling_limit(cmd_wait: int, configured: int) -> float | None:
-    """The bound on the whole handling of a MigrateCommand: its ``wait``, or
-    vm.migrate.wait when the command gives none."""
-    if cmd_wait and cmd_wait > 0:
-        return float(cmd_wait)
-    return float(configured) if configured and configured > 0 else None
 
 
 @define

@@ -30,6 +30,20 @@ ACTIVE_JOBS = (libvirt.VIR_DOMAIN_JOB_BOUNDED, libvirt.VIR_DOMAIN_JOB_UNBOUNDED)
 Call = Callable[[str, Callable[[Any], Any]], Awaitable[Any]]
 
 
+def timeout_for(cmd_wait: int, configured: int) -> float | None:
+    """The migration's limit in seconds: the smaller of vm.migrate.wait and the command's."""
+    limits = [w for w in (cmd_wait, configured) if w and w > 0]
+    return float(min(limits)) if limits else None
+
+
+def handling_limit(cmd_wait: int, configured: int) -> float | None:
+    """The bound on the whole handling of a MigrateCommand: its ``wait``, or
+    vm.migrate.wait when the command gives none."""
+    if cmd_wait and cmd_wait > 0:
+        return float(cmd_wait)
+    return float(configured) if configured and configured > 0 else None
+
+
 @define
 class MonitorState:
     """What the monitor saw of one migration job."""
