@@ -94,9 +94,9 @@ class AgentServices(Protocol):
 
 
 class AgentSession:
-    def __init__(self, stream: MessageStream, agent: AgentServices, host: str) -> None:
+    def __init__(self, stream: MessageStream, services: AgentServices, host: str) -> None:
         self.stream = stream
-        self.agent = agent
+        self.services = services
         self.host = host
         self.log = structlog.get_logger("agent.session").bind(ms=stream.peer)
         self.ping_interval = 60.0
@@ -110,7 +110,7 @@ class AgentSession:
         self._ping_now = trio.Event()
         self._last_vm_report: dict[str, HostVmStateReportEntry] = {}
         self._startup_lock = trio.Lock()
-        stream.budget = agent.tasks.budget
+        stream.budget = services.tasks.budget
 
     # --- life -----------------------------------------------------------------------
 
@@ -148,13 +148,13 @@ class AgentSession:
     async def ready(self, command: ReadyCommand) -> None:
         if command.host_id is not None:
             self.stream.session.agent_id = command.host_id
-        await self.agent.state.update(
+        await self.services.state.update(
             host_id=command.host_id,
             host_uuid=command.host_uuid,
             host_name=command.host_name,
         )
         if command.ms_host_list:
-            await self.agent.ms_list.adopt(
+            await self.services.ms_list.adopt(
                 command.ms_host_list, command.lb_algorithm, command.lb_check_interval
             )
         self.log.info("host ready", host_id=command.host_id, host_uuid=command.host_uuid)
@@ -184,10 +184,10 @@ class AgentSession:
 
     async def send_startup(self) -> None:
         async with self._startup_lock:
-            command = await startup_command(self.agent, self.log)
+            command = await startup_command(self.services, self.log)
             try:
                 response = await self.stream.request(
-                    [command], timeout=self.agent.config.startup_timeout
+                    [command], timeout=self.services.config.startup_timeout
                 )
             except RequestTimeout:
                 self.finish(OutcomeKind.LOST, "no StartupAnswer in time")
@@ -205,7 +205,7 @@ class AgentSession:
                 if warning is not None:
                     self.log.warning(warning)
                 if seconds is not None:
-                    self.agent.ms_list.set_backoff(seconds)
+                    self.services.ms_list.set_backoff(seconds)
             self.log.info(
                 "registered",
                 ping_interval=self.ping_interval,
@@ -220,7 +220,7 @@ class AgentSession:
     async def _ping_loop(self) -> None:
         missed = 0
         while True:
-            retries = self.agent.config.ping_retries
+            retries = self.services.config.ping_retries
             out_of_band = False
             with trio.move_on_after(self.ping_interval):
                 await self._ping_now.wait()
@@ -251,9 +251,9 @@ class AgentSession:
                 await self.send_startup()
 
     async def _ping_command(self, out_of_band: bool) -> PingRoutingCommand:
-        guid = self.agent.config.host_guid
+        guid = self.services.config.host_guid
         try:
-            domains = await self.agent.hypervisor.running_domains()
+            domains = await self.services.hypervisor.running_domains()
             self._last_vm_report = {
                 name: HostVmStateReportEntry(state=PowerState.POWER_ON, host=guid)
                 for name in domains
@@ -274,7 +274,7 @@ class AgentSession:
         # the inflated one) and the objects around it.
         size = HEADER_SIZE + request.header.length + REQUEST_OVERHEAD
         try:
-            self.agent.tasks.submit(
+            self.services.tasks.submit(
                 lambda: self._execute(request), size=size, in_sequence=request.in_sequence
             )
         except QueueClosed as exc:
@@ -303,11 +303,12 @@ class AgentSession:
         name = command.java_class
         log = self.log.bind(seq=sequence, command=name.rsplit(".", 1)[-1])
         started = trio.current_time()
-        handler = self.agent.handlers.get(name)
+        handler = self.services.handlers.get(name)
         if handler is None:
             answer: Message = UnsupportedAnswer.for_command(name)
         else:
-            services = self.agent
+            services = self.services
+            # What a handler may use of the agent; its room's Protocol narrows it further.
             ctx = CommandContext(
                 sequence=sequence,
                 config=services.config,
