@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.config import DEFAULT_CONFIG, AgentConfig, ConfigError
+from agent.config import DEFAULT_CONFIG, AgentConfig, ConfigError, cert_dir_of, read_properties
 
 EXIT_REFUSED = 1
 EXIT_CONFIG = 78
@@ -51,19 +51,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _setup_tool() -> Any:
-    return importlib.import_module("agent.setup_libvirtd")
+    return importlib.import_module("agent.setup.libvirtd")
 
 
 def _cert_dir(args: argparse.Namespace) -> Path:
     if args.cert_dir is not None:
         return Path(args.cert_dir)
-    if args.config.exists():
-        from agent.config import read_properties
-
-        props = read_properties(args.config)
-        if props.get("cert.dir"):
-            return Path(props["cert.dir"])
-    return Path(args.config).parent
+    props = read_properties(args.config) if args.config.exists() else {}
+    return cert_dir_of(props, Path(args.config))
 
 
 def _read(path: Path) -> bytes:
@@ -71,8 +66,8 @@ def _read(path: Path) -> bytes:
 
 
 def keystore_setup(args: argparse.Namespace) -> int:
-    from agent.certificates import host_identity
-    from agent.certstore import CertStore
+    from agent.certs.store import CertStore
+    from agent.hypervisor.hostinfo import host_identity
 
     fqdn, names, ips = host_identity()
     csr = CertStore(_cert_dir(args)).new_csr(fqdn, names, ips)
@@ -81,8 +76,8 @@ def keystore_setup(args: argparse.Namespace) -> int:
 
 
 def keystore_cert_import(args: argparse.Namespace) -> int:
-    from agent.certs import CertificateError
-    from agent.certstore import CertStore
+    from agent.certs.keys import CertificateError
+    from agent.certs.store import CertStore
 
     store = CertStore(_cert_dir(args))
     try:
@@ -118,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import trio
 
     from agent import logs
-    from agent.daemon import Agent
+    from agent.daemon.app import Agent
 
     logs.configure(config.log_level)
     try:

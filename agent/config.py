@@ -19,6 +19,13 @@ import javaproperties
 from attrs import frozen
 
 DEFAULT_CONFIG = Path("/etc/cloudstack/agent/agent.properties")
+# CloudStack's KVM resource class: the MS knows this host as "<guid>-LibvirtComputingResource".
+RESOURCE_NAME = "LibvirtComputingResource"
+
+
+def host_guid(guid: str) -> str:
+    """The host's guid as the MS knows it, for agent.properties' ``guid``."""
+    return f"{guid}-{RESOURCE_NAME}"
 
 
 class ConfigError(Exception):
@@ -37,6 +44,26 @@ def parse_algorithm(name: str | None) -> LbAlgorithm | None:
         return LbAlgorithm(name.strip().lower()) if name else None
     except ValueError:
         return None
+
+
+MS_BACKOFF_RANGE = (1.0, 300.0)  # what backoff.seconds from the MS is clamped to
+
+
+def backoff_from_ms(raw: object) -> tuple[float | None, str | None]:
+    """``backoff.seconds`` as StartupAnswer.params carries it -> (the seconds to use, or
+    None to keep ours; a warning for the log, or None)."""
+    what = f"backoff.seconds={raw!r:.40} from the management server"
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None, f"ignoring {what}: not a number"
+    if not math.isfinite(value):
+        return None, f"ignoring {what}: not finite"
+    low, high = MS_BACKOFF_RANGE
+    clamped = min(max(value, low), high)
+    if clamped != value:
+        return clamped, f"{what} is outside {low:g}..{high:g}s; using {clamped:g}s"
+    return value, None
 
 
 def split_host_port(entry: str, default_port: int) -> tuple[str, int]:
@@ -145,8 +172,10 @@ def _str(_key: str) -> Any:
     return lambda raw: raw.strip()
 
 
-# key -> (attribute, converter factory, default as written in agent.properties or None)
-_KEYS: dict[str, tuple[str, Any, str | None]] = {
+# key -> (attribute, converter factory, default as written in agent.properties or None).
+# An attribute of None: a key of CloudStack's agent.properties that is accepted (and
+# validated) but not used by this agent.
+_KEYS: dict[str, tuple[str | None, Any, str | None]] = {
     "guid": ("guid", _str, None),
     "host": ("host", _str, "localhost"),
     "port": ("port", lambda k: _int(k, 1, 65535), "8250"),
@@ -163,7 +192,7 @@ _KEYS: dict[str, tuple[str, Any, str | None]] = {
     "startup.timeout": ("startup_timeout", lambda k: _float(k, 0.1, 30), "30"),
     "shutdown.grace.seconds": ("shutdown_grace", lambda k: _float(k, 0, 3600), "30"),
     "command.buffer.bytes": ("command_buffer_bytes", lambda k: _int(k, 65536, 1 << 36), "67108864"),
-    "hypervisor.type": ("hypervisor_type", _str, "kvm"),
+    "hypervisor.type": (None, _str, "kvm"),  # KVM is the only one
     "hypervisor.uri": ("hypervisor_uri", _str, "qemu:///system"),
     "private.network.device": ("private_network_device", _str, ""),
     "host.reserved.mem.mb": ("host_reserved_mem_mb", lambda k: _int(k, 0), "1024"),
@@ -183,7 +212,7 @@ _KEYS: dict[str, tuple[str, Any, str | None]] = {
     "cert.expiry.warn.days": ("cert_expiry_warn_days", lambda k: _int(k, 0), "30"),
     "libvirtd.reload": ("libvirtd_reload", _str, "auto"),
     "pki.root": ("pki_root", _str, "/"),
-    "keystore.passphrase": ("keystore_passphrase", _str, ""),
+    "keystore.passphrase": (None, _str, ""),  # a Java keystore's; PEM files need none
 }
 # What SIGHUP applies (listed in etc/agent.properties); any other key keeps its value until
 # a restart, and a change to it is logged as needing one. Identity, the hypervisor
@@ -226,7 +255,6 @@ class AgentConfig:
     startup_timeout: float
     shutdown_grace: float
     command_buffer_bytes: int
-    hypervisor_type: str
     hypervisor_uri: str
     private_network_device: str
     host_reserved_mem_mb: int
@@ -246,8 +274,12 @@ class AgentConfig:
     cert_expiry_warn_days: int
     libvirtd_reload: str
     pki_root: Path
-    keystore_passphrase: str = attrs.field(repr=False)
-    extra: Mapping[str, str] = attrs.field(factory=dict, repr=False)  # keys we do not read
+
+    @property
+    def host_guid(self) -> str:
+        """``<guid>-LibvirtComputingResource``: the guid in StartupRoutingCommand and VM
+        reports."""
+        return host_guid(self.guid)
 
     @classmethod
     def from_properties(cls, props: Mapping[str, str], *, path: Path | None = None) -> AgentConfig:
@@ -256,7 +288,9 @@ class AgentConfig:
             raw = props.get(key, default)
             if raw is None or (key == "guid" and not raw.strip()):
                 raise ConfigError(f"missing required key '{key}' in agent.properties")
-            values[attr] = factory(key)(raw)
+            value = factory(key)(raw)
+            if attr is not None:
+                values[attr] = value
         if values["log_level"].lower() not in _LOG_LEVELS:
             raise ConfigError(
                 f"invalid value for 'log.level': {values['log_level']!r} "
@@ -264,8 +298,7 @@ class AgentConfig:
             )
         values["log_level"] = values["log_level"].lower()
         values["ms_hosts"], values["lb_algorithm"] = parse_host_list(values["host"])
-        default_cert_dir = path.parent if path is not None else Path.cwd()
-        values["cert_dir"] = Path(values["cert_dir"]) if values["cert_dir"] else default_cert_dir
+        values["cert_dir"] = cert_dir_of(props, path)
         values["state_dir"] = Path(values["state_dir"])
         values["pki_root"] = Path(values["pki_root"] or "/")
         if values["libvirtd_reload"] not in _RELOAD_MODES:
@@ -273,8 +306,7 @@ class AgentConfig:
                 f"invalid value for 'libvirtd.reload': {values['libvirtd_reload']!r} "
                 f"(expected one of {', '.join(_RELOAD_MODES)})"
             )
-        extra = {k: v for k, v in props.items() if k not in _KEYS}
-        return cls(path=path, extra=extra, **values)
+        return cls(path=path, **values)
 
     @classmethod
     def load(cls, path: Path, overrides: Sequence[str] = ()) -> AgentConfig:
@@ -292,12 +324,21 @@ class AgentConfig:
         kept: dict[str, Any] = {}
         restart = []
         for key, (attr, _factory, _default) in _KEYS.items():
-            if key in RELOADABLE:
+            if key in RELOADABLE or attr is None:
                 continue
             if getattr(new, attr) != getattr(self, attr):
                 restart.append(key)
             kept[attr] = getattr(self, attr)
         return attrs.evolve(new, **kept), restart
+
+
+def cert_dir_of(props: Mapping[str, str], config_path: Path | None) -> Path:
+    """``cert.dir`` as agent.properties sets it; by default the directory agent.properties is
+    in (the working directory for a configuration that was not read from a file)."""
+    value = props.get("cert.dir", "").strip()
+    if value:
+        return Path(value)
+    return config_path.parent if config_path is not None else Path.cwd()
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
@@ -322,24 +363,3 @@ def read_properties(path: Path, overrides: Sequence[str] = ()) -> dict[str, str]
         raise ConfigError(f"{path} is not a valid properties file: {exc}") from None
     props.update(parse_overrides(overrides))
     return props
-
-
-def set_property(path: Path, key: str, value: str) -> None:
-    """Set one key in a properties file, keeping comments and the other lines."""
-    from agent.fsutil import atomic_write
-
-    lines = path.read_text(encoding="latin-1").splitlines() if path.exists() else []
-    out, found = [], False
-    for line in lines:
-        stripped = line.lstrip()
-        if stripped and stripped[0] not in "#!":
-            k = next(iter(javaproperties.loads(line) or {"": ""}))
-            if k == key:
-                if not found:
-                    out.append(javaproperties.join_key_value(key, value))
-                found = True
-                continue
-        out.append(line)
-    if not found:
-        out.append(javaproperties.join_key_value(key, value))
-    atomic_write(path, ("\n".join(out) + "\n").encode("latin-1"), mode=0o644)

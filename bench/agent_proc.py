@@ -13,11 +13,11 @@ from pathlib import Path
 import trio
 
 from agent import logs
-from agent.commands import CommandContext, HandlerRegistry
 from agent.config import AgentConfig
-from agent.daemon import Agent
-from protocol.messages import Answer
-from protocol.model import Message, UnknownMessage
+from agent.daemon.app import Agent
+from agent.handlers import HandlerRegistry
+from agent.handlers.context import CommandContext
+from protocol.model import Answer, Message, UnknownMessage
 
 SLOW_COMMAND = "bench.SlowCommand"
 

@@ -24,10 +24,10 @@ from typing import Any
 import trio
 
 from agent import logs
-from agent.transport import ConnectionLost, MessageStream
+from agent.link.transport import ConnectionLost, MessageStream
 from lab.ca import LabCA
 from protocol import Request, Response, Session
-from protocol.messages import (
+from protocol.messages.host import (
     CheckHealthAnswer,
     CheckHealthCommand,
     PingAnswer,

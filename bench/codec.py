@@ -16,7 +16,7 @@ from typing import Any
 import trustme
 
 from protocol.link import Link
-from protocol.messages import PingRoutingCommand, StartupRoutingCommand
+from protocol.messages.host import PingRoutingCommand, StartupRoutingCommand
 from protocol.model import Message
 from protocol.session import Role, Session
 

@@ -24,15 +24,16 @@ from typing import Any
 import trio
 
 from agent import logs
+from agent.config import host_guid
 from bench.agent_proc import SLOW_COMMAND
 from lab.ca import LabCA
 from lab.control import control_request
 from lab.mgmt import ManagementServer
-from protocol.messages import StartupRoutingCommand
+from protocol.messages.host import StartupRoutingCommand
 from protocol.model import UnknownMessage
 
 ROOT = Path(__file__).resolve().parent.parent
-GUID = "bench-agent-LibvirtComputingResource"
+GUID = host_guid("bench-agent")
 
 
 def _free_port() -> int:

@@ -19,13 +19,14 @@ from typing import Any
 import trio
 from attrs import define
 
+from agent.config import RESOURCE_NAME
 from lab.ca import LabCA
 from lab.control import control_request
 from lab.hosts import Lab
 
 ROOT = Path(__file__).resolve().parent.parent
 MS_PORT = 8250
-GUID_SUFFIX = "-LibvirtComputingResource"
+GUID_SUFFIX = "-" + RESOURCE_NAME
 
 
 @define

@@ -30,7 +30,7 @@ import trio
 from attrs import define
 
 from lab.mgmt import LabError, ManagementServer
-from protocol import Message, ProtocolError
+from protocol import Message, RemoteProtocolError
 from protocol.codec import decode_array, to_json
 
 MAX_LINE: Final = 16 * 1024 * 1024
@@ -115,7 +115,7 @@ class ControlServer:
             if not isinstance(request, dict):
                 raise ControlError("a control request must be a JSON object")
             return {"ok": True, **await self._run(request)}
-        except (LabError, ProtocolError, TimeoutError, ValueError) as exc:
+        except (LabError, RemoteProtocolError, TimeoutError, ValueError) as exc:
             # ValueError covers bad JSON; texts name what failed, never field values.
             return {"ok": False, "error": str(exc) or type(exc).__name__}
 

@@ -156,12 +156,12 @@ async def full_story(base: Path) -> list[tuple[str, str]]:
 
 async def test_driver_story(base: Path) -> list[tuple[str, str]]:
     """What runs without root: one agent on libvirt's test driver, two MSes, failover."""
-    from agent.config import AgentConfig
-    from agent.daemon import Agent
+    from agent.config import AgentConfig, host_guid
+    from agent.daemon.app import Agent
     from lab.mgmt import ManagementServer
-    from protocol.messages import CheckHealthCommand, StartupRoutingCommand
+    from protocol.messages.host import CheckHealthCommand, StartupRoutingCommand
 
-    guid = "demo-host-LibvirtComputingResource"
+    guid = host_guid("demo-host")
     ca = LabCA.create(base / "cloud-ca")
     mses = []
     for name in ("ms1", "ms2"):

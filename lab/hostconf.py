@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from agent.dhparams import ensure_dh_params
+from agent.certs.dhparams import ensure_dh_params
 from lab.ca import LabCA
 from lab.netns import NS_DIR
 

@@ -24,23 +24,22 @@ import trio
 from attrs import define, field
 from structlog.typing import FilteringBoundLogger
 
-from agent.transport import ConnectionLost, MessageStream, RequestTimeout, describe
+from agent.link.transport import ConnectionLost, MessageStream, RequestTimeout, describe
 from lab.ca import LabCA
 from lab.db import HostDB, HostRecord
 from protocol import Answer, Message, Request, Session, UnknownMessage
 from protocol.codec import to_json
-from protocol.messages import (
+from protocol.messages.host import (
     HostVmStateReportEntry,
-    MigrateCommand,
     PingAnswer,
     PingCommand,
     PingRoutingCommand,
-    PrepareForMigrationCommand,
     ReadyCommand,
     ShutdownCommand,
     StartupAnswer,
     StartupRoutingCommand,
 )
+from protocol.messages.migration import MigrateCommand, PrepareForMigrationCommand
 
 _log: FilteringBoundLogger = structlog.get_logger("lab.mgmt")
 _T = TypeVar("_T")

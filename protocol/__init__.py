@@ -5,11 +5,14 @@ Layers, bottom up:
 * :mod:`protocol.link` — TLS as bytes in / bytes out, each record framed as a chunk;
 * :mod:`protocol.header` — the 40-byte request/response header;
 * :mod:`protocol.codec` — the Gson-compatible JSON body, gzip-compressed when large;
-* :mod:`protocol.messages` — frozen attrs classes for the commands and answers;
+* :mod:`protocol.messages` — frozen attrs classes for the commands and answers, one module
+  per room, each class registered by its Java name as it is defined;
 * :mod:`protocol.session` — sequence numbers, request/response pairing, the startup rule;
 * :mod:`protocol.connection` — a Link and a Session joined, for a transport to drive.
 
-Nothing here performs I/O or imports trio, socket or libvirt.
+Errors: :class:`RemoteProtocolError` (the peer broke the rules) and :class:`LocalProtocolError`
+(our own misuse), in :mod:`protocol.errors`. Nothing here performs I/O or imports trio, socket
+or libvirt.
 """
 
 from protocol.codec import decode_body, encode_body
@@ -22,6 +25,7 @@ from protocol.errors import (
     LocalProtocolError,
     MessageTooLarge,
     ProtocolError,
+    RemoteProtocolError,
     SessionError,
     StartupRequired,
     TLSError,
@@ -51,6 +55,7 @@ __all__ = [
     "MessageReceived",
     "MessageTooLarge",
     "ProtocolError",
+    "RemoteProtocolError",
     "Request",
     "Response",
     "Role",

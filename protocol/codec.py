@@ -18,9 +18,9 @@ from typing import Any, Final, TypeVar, Union
 
 import attrs
 
+import protocol.messages  # noqa: F401  (imports every message module: the classes register)
 from protocol.errors import BodyError, LocalProtocolError
-from protocol.messages import registry
-from protocol.model import ALIASES, JSON_NAME, Message, UnknownMessage
+from protocol.model import ALIASES, JSON_NAME, Message, UnknownMessage, message_class
 
 GZIP_THRESHOLD: Final = 8192
 DEFAULT_MAX_BODY: Final = 16 * 1024 * 1024
@@ -197,7 +197,7 @@ def decode_array(array: Any) -> list[Message]:
         ((name, fields),) = item.items()
         if not isinstance(fields, dict):
             raise BodyError(f"body item {index} ({name}): fields must be an object")
-        cls = registry().get(name)
+        cls = message_class(name)
         if cls is None:
             messages.append(UnknownMessage(name=name, fields=fields))
         else:

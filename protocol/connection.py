@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Sequence
+from typing import Any
 
 from protocol.link import DEFAULT_MAX_MESSAGE, HandshakeComplete, Link, LinkClosed, LinkEvent
 from protocol.model import Message
@@ -19,7 +20,8 @@ class Connection:
     """Feed ``receive_data``; call ``next_event`` until None; send ``data_to_send``.
 
     A :class:`~protocol.errors.LinkError` from ``next_event`` is final. Any other
-    :class:`~protocol.errors.ProtocolError` concerns one message; the next call carries on.
+    :class:`~protocol.errors.RemoteProtocolError` concerns one message; the next call carries
+    on. Sending raises :class:`~protocol.errors.LocalProtocolError` for what we cannot send.
     """
 
     def __init__(
@@ -69,9 +71,10 @@ class Connection:
         *,
         stop_on_error: bool = False,
         expect_response: bool = True,
+        tag: Any = None,
     ) -> tuple[Request, bytes]:
         request, plaintext = self.session.send_request(
-            commands, stop_on_error=stop_on_error, expect_response=expect_response
+            commands, stop_on_error=stop_on_error, expect_response=expect_response, tag=tag
         )
         return request, self.link.send_message(plaintext)
 

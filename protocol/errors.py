@@ -1,27 +1,31 @@
-"""One error hierarchy for everything the protocol layer can reject.
+"""The protocol's two kinds of error, as h11 has them.
 
-Every malformed input raises a subclass of :class:`ProtocolError` with a message that says
-what was wrong. Messages never quote secret field values or large payloads.
+:class:`RemoteProtocolError`: the peer sent something this protocol does not accept. The
+caller reports it and, for a :class:`LinkError`, drops the connection; any other one concerns
+one message. :class:`LocalProtocolError`: our own side misused the protocol (a value with no
+JSON form, a body over the size limit, a header field out of range, sending on a link that is
+not open): a bug or a limit on our side, never the peer's fault.
+
+Messages say what was wrong and never quote secret field values or large payloads.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from protocol.header import Header
-
-
-class ProtocolError(Exception):
+class RemoteProtocolError(Exception):
     """Base class: the peer sent something this protocol does not accept."""
 
 
+# The name of the peer's tree before the split; the same class.
+ProtocolError = RemoteProtocolError
+
+
 class LocalProtocolError(Exception):
-    """Our own side cannot produce a valid message (a value that has no JSON form, a body
-    over the size limit). Not a :class:`ProtocolError`: the peer did nothing wrong."""
+    """Our own side cannot produce a valid message or used the link wrongly. Not a
+    :class:`RemoteProtocolError`: the peer did nothing wrong."""
 
 
-class LinkError(ProtocolError):
+class LinkError(RemoteProtocolError):
     """The TLS/chunk layer failed; the connection cannot continue."""
 
 
@@ -37,22 +41,24 @@ class MessageTooLarge(LinkError):
     """A message exceeds the configured maximum size."""
 
 
-class HeaderError(ProtocolError):
+class HeaderError(RemoteProtocolError):
     """The 40-byte request/response header is invalid."""
 
 
-class BodyError(ProtocolError):
+class BodyError(RemoteProtocolError):
     """The body (gzip, JSON, structure or field types) is invalid.
 
-    ``header`` is set when the header parsed, so that a request can still be answered.
+    ``header`` is the message's :class:`~protocol.header.Header` when it parsed, so that a
+    request can still be answered. (Typed ``object`` so that this module, which the header
+    module imports, does not import it back.)
     """
 
-    def __init__(self, message: str, header: Header | None = None) -> None:
+    def __init__(self, message: str, header: object | None = None) -> None:
         super().__init__(message)
         self.header = header
 
 
-class SessionError(ProtocolError):
+class SessionError(RemoteProtocolError):
     """A well-formed message arrived that the session rules do not allow."""
 
 

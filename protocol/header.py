@@ -8,7 +8,7 @@ from typing import Final
 
 from attrs import frozen
 
-from protocol.errors import HeaderError
+from protocol.errors import HeaderError, LocalProtocolError
 
 HEADER_SIZE: Final = 40
 _LAYOUT: Final = struct.Struct(">BBHqiqqq")
@@ -66,6 +66,7 @@ class Header:
         return bool(self.flags & Flags.COMPRESSED)
 
     def encode(self) -> bytes:
+        """The 40 bytes; LocalProtocolError for a field out of range (ours to fix)."""
         for name, value, (low, high) in (
             ("sequence", self.sequence, _I64),
             ("length", self.length, _I32),
@@ -74,9 +75,9 @@ class Header:
             ("via", self.via, _I64),
         ):
             if not low <= value <= high:
-                raise HeaderError(f"header field {name}={value} is out of range")
+                raise LocalProtocolError(f"header field {name}={value} is out of range")
         if self.length < 0:
-            raise HeaderError(f"header length {self.length} is negative")
+            raise LocalProtocolError(f"header length {self.length} is negative")
         return _LAYOUT.pack(
             int(self.version),
             0,

@@ -15,7 +15,7 @@ from typing import Final
 
 from attrs import frozen
 
-from protocol.errors import FrameError, LinkError, MessageTooLarge, TLSError
+from protocol.errors import FrameError, LinkError, LocalProtocolError, MessageTooLarge, TLSError
 
 MAX_CHUNK: Final = 18000  # the Java reader's limit ("Wrong packet size")
 MORE_CHUNKS: Final = 0x10000
@@ -113,10 +113,11 @@ class Link:
         return data
 
     def send_message(self, plaintext: bytes) -> bytes:
-        """Encrypt one message and return its chunks (plus anything else pending)."""
+        """Encrypt one message and return its chunks (plus anything else pending).
+        LocalProtocolError when the link is not open or the message is empty."""
         self._check_open()
         if not plaintext:
-            raise ValueError("a message cannot be empty")
+            raise LocalProtocolError("a message cannot be empty")
         records: list[bytes] = []
         for start in range(0, len(plaintext), MAX_PLAINTEXT_PER_RECORD):
             self._ssl.write(plaintext[start : start + MAX_PLAINTEXT_PER_RECORD])
@@ -280,6 +281,6 @@ class Link:
 
     def _check_open(self) -> None:
         if self._error is not None:
-            raise self._error
+            raise LocalProtocolError(f"cannot send: the link failed earlier ({self._error})")
         if self.state is not LinkState.OPEN:
-            raise LinkError(f"link is {self.state.value}, cannot send")
+            raise LocalProtocolError(f"link is {self.state.value}, cannot send")

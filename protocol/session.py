@@ -11,13 +11,14 @@ import enum
 import itertools
 import random
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from attrs import field, frozen
 
 from protocol.codec import DEFAULT_MAX_BODY, decode_body, encode_body
 from protocol.errors import BodyError, StartupRequired, UnexpectedResponse
 from protocol.header import HEADER_SIZE, Flags, Header
-from protocol.messages.session import StartupRoutingCommand
+from protocol.messages.host import StartupRoutingCommand
 from protocol.model import Message
 
 
@@ -53,6 +54,9 @@ class Response:
     header: Header
     answers: tuple[Message, ...] = field(converter=_messages)
     request: Request  # the request this answers, paired by sequence number
+    # What the sender attached to that request (``send_request(tag=...)``): a transport's
+    # handle for whoever waits, so that the session's table is the only one.
+    tag: Any = field(default=None, eq=False, repr=False)
 
     @property
     def sequence(self) -> int:
@@ -99,7 +103,7 @@ class Session:
         self.agent_id = agent_id
         self.max_body = max_body
         self._sequences = sequences if sequences is not None else itertools.count(first_sequence)
-        self._in_flight: dict[int, Request] = {}
+        self._in_flight: dict[int, tuple[Request, Any]] = {}
         self._started = role is Role.AGENT
 
     @classmethod
@@ -125,16 +129,15 @@ class Session:
         commands: Sequence[Message],
         *,
         stop_on_error: bool = False,
-        control: bool = False,
         expect_response: bool = True,
+        tag: Any = None,
     ) -> tuple[Request, bytes]:
+        """``tag`` comes back on the Response (or from ``forget``), untouched."""
         flags = Flags.REQUEST
         if stop_on_error:
             flags |= Flags.STOP_ON_ERROR
         if any(c.executes_in_sequence() for c in commands):
             flags |= Flags.IN_SEQUENCE
-        if control:
-            flags |= Flags.CONTROL
         if self.role is Role.MANAGEMENT:
             flags |= Flags.FROM_SERVER
         header = Header(
@@ -149,7 +152,7 @@ class Session:
         header, data = _encode(header, commands)
         request = Request(header, commands)
         if expect_response:
-            self._in_flight[request.sequence] = request
+            self._in_flight[request.sequence] = (request, tag)
         return request, data
 
     def send_response(self, request: Request, answers: Sequence[Message]) -> bytes:
@@ -160,6 +163,12 @@ class Session:
     def forget(self, sequence: int) -> None:
         """Stop waiting for the response to ``sequence`` (a time-out, say)."""
         self._in_flight.pop(sequence, None)
+
+    def forget_all(self) -> list[Any]:
+        """Stop waiting for every response (the connection is gone); returns their tags."""
+        tags = [tag for _request, tag in self._in_flight.values()]
+        self._in_flight.clear()
+        return tags
 
     def receive_message(self, data: bytes) -> Request | Response:
         """Parse one plaintext message. Errors concern this message only."""
@@ -183,10 +192,11 @@ class Session:
                 )
         if header.is_request:
             return Request(header, messages)
-        request = self._in_flight.pop(header.sequence, None)
-        if request is None:
+        pending = self._in_flight.pop(header.sequence, None)
+        if pending is None:
             raise UnexpectedResponse(
                 f"response seq {header.sequence} ({messages[0].java_class}) "
                 "matches no request in flight"
             )
-        return Response(header, messages, request)
+        request, tag = pending
+        return Response(header, messages, request, tag)

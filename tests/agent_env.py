@@ -18,14 +18,14 @@ import structlog
 import trio
 
 from agent import logs
-from agent.commands import HandlerRegistry
-from agent.config import AgentConfig
-from agent.daemon import Agent
-from agent.transport import ConnectionLost, MessageStream
+from agent.config import AgentConfig, host_guid
+from agent.daemon.app import Agent
+from agent.handlers import HandlerRegistry
+from agent.link.transport import ConnectionLost, MessageStream
 from lab.ca import LabCA
 from lab.mgmt import ManagementServer
 from protocol import Message, Request, Response, Session
-from protocol.messages import (
+from protocol.messages.host import (
     PingAnswer,
     PingRoutingCommand,
     StartupAnswer,
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def guid_of(name: str) -> str:
-    return f"{name}-LibvirtComputingResource"
+    return host_guid(name)
 
 
 def free_port() -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from agent.tls import client_context as agent_client_context
+from agent.certs.trust import client_context as agent_client_context
 from lab.ca import LabCA
 from tests.cert_env import cloudstack_ca
 from tests.conftest_lab import lab  # noqa: F401  (the session's two-host lab)
@@ -42,7 +42,7 @@ def tls12_server_context(ca: LabCA, *, require_client_cert: bool = True) -> ssl.
 def client_context(
     ca: LabCA, trust: LabCA | None = None, *, with_client_cert: bool = True
 ) -> ssl.SSLContext:
-    """The agent's own context (agent.tls) for a cert.dir with ``trust`` (default: ``ca``)
+    """The agent's own context (agent.certs.trust) for a cert.dir with ``trust`` (default: ``ca``)
     as cloud.ca.crt and, optionally, a host certificate of ``ca``."""
     with tempfile.TemporaryDirectory(prefix="agent-certs-") as tmp:
         cert_dir = Path(tmp)

@@ -14,21 +14,20 @@ from typing import Any
 import pytest
 import trio
 
-from agent.commands import CommandContext, HandlerRegistry
-from agent.session import STOPPED_BY_PREVIOUS_FAILURE
+from agent.handlers import HandlerRegistry
+from agent.handlers.context import CommandContext
+from agent.link.session import STOPPED_BY_PREVIOUS_FAILURE
 from lab.ca import LabCA
 from protocol import Request
-from protocol.messages import (
-    Answer,
+from protocol.messages.host import (
     CheckHealthAnswer,
     CheckHealthCommand,
     MigrateAgentConnectionCommand,
     PingRoutingCommand,
     ShutdownCommand,
     StartupRoutingCommand,
-    UnsupportedAnswer,
 )
-from protocol.model import Command, Message, UnknownMessage
+from protocol.model import Answer, Command, Message, UnknownMessage, UnsupportedAnswer
 from tests.agent_env import (
     ROOT,
     agent_config,
@@ -80,9 +79,11 @@ async def test_startup_order_and_fields(tmp_path: Path) -> None:
         state = json.loads((tmp_path / "agent-state" / "agent-state.json").read_text())
         assert state["host_id"] == record.id and state["host_uuid"] == record.uuid
         pings = [r for _, r in ms.received if isinstance(r.commands[0], PingRoutingCommand)]
-        assert pings[0].commands[0].host_id == record.id  # type: ignore[attr-defined]
+        ping = pings[0].commands[0]
+        assert isinstance(ping, PingRoutingCommand)
+        assert ping.host_id == record.id
         assert int(pings[0].header.flags) == 0x03
-        assert pings[0].commands[0].host_vm_state_report  # type: ignore[attr-defined]
+        assert ping.host_vm_state_report
 
 
 async def test_failover_when_the_connected_ms_dies(tmp_path: Path) -> None:
@@ -104,8 +105,9 @@ async def test_failover_when_the_connected_ms_dies(tmp_path: Path) -> None:
                 await ms2.wait_for_request(is_startup, timeout=5)
                 elapsed = time.monotonic() - killed
                 await ms2.wait_for_host(GUID, timeout=5)
-    # At once, not after backoff.seconds (5 s); the bench measures the exact figure.
-    assert elapsed < 2.0, elapsed
+    # At once, not after backoff.seconds (5 s); the bench measures the exact figure. (A real
+    # process is killed: wall time, bounded by what tells the two apart, not by speed.)
+    assert elapsed < 5.0, elapsed
 
 
 async def test_failover_when_the_ms_goes_silent(tmp_path: Path) -> None:
@@ -173,8 +175,9 @@ async def test_startup_reports_the_ms_list_the_ms_sent_last(tmp_path: Path) -> N
                 while startups(ms) < 2:
                     await trio.sleep(0.05)
     first, second = [r.commands[0] for g, r in ms.received if is_startup(g, r)][:2]
-    assert first.ms_host_list == f"127.0.0.1:{ms.port}"  # type: ignore[attr-defined]
-    assert second.ms_host_list == f"127.0.0.1:{ms.port}@roundrobin"  # type: ignore[attr-defined]
+    assert isinstance(first, StartupRoutingCommand) and isinstance(second, StartupRoutingCommand)
+    assert first.ms_host_list == f"127.0.0.1:{ms.port}"
+    assert second.ms_host_list == f"127.0.0.1:{ms.port}@roundrobin"
 
 
 async def test_send_startup_on_request(tmp_path: Path) -> None:
@@ -199,14 +202,14 @@ async def test_ready_refusal_disconnects_and_retries_later(tmp_path: Path) -> No
                 with trio.fail_after(10):
                     while startups(ms) < 2:
                         await trio.sleep(0.05)
+                refused_state_written = (tmp_path / "agent-state" / "agent-state.json").exists()
                 ms.refuse_ready = None
-                await ms.wait_for_host(GUID, timeout=10)
+                record = await ms.wait_for_host(GUID, timeout=10)
         assert "host is disabled by the operator" in logbuf.getvalue()
-        assert (
-            not (tmp_path / "agent-state" / "agent-state.json").exists()
-            or json.loads((tmp_path / "agent-state" / "agent-state.json").read_text())["host_id"]
-            is not None
-        )
+        # A refused host keeps nothing of the identity the MS offered; an accepted one does.
+        assert not refused_state_written
+        state = json.loads((tmp_path / "agent-state" / "agent-state.json").read_text())
+        assert state["host_id"] == record.id and state["host_uuid"] == record.uuid
 
 
 async def test_unsupported_command_and_stop_on_error(tmp_path: Path) -> None:
@@ -242,8 +245,8 @@ class SlowInSequenceCommand(Command):
 def slow_handlers(record: list[tuple[str, str, float]], delay: float) -> HandlerRegistry:
     registry = HandlerRegistry.with_builtins()
 
-    async def slow(cmd: UnknownMessage, ctx: CommandContext) -> Message:
-        tag = str(cmd.fields.get("wait", 0)) + "/" + str(ctx.sequence)
+    async def slow(cmd: Command, ctx: CommandContext) -> Message:
+        tag = f"{cmd.wait}/{ctx.sequence}"
         record.append(("start", tag, trio.current_time()))
         await trio.sleep(delay)
         record.append(("end", tag, trio.current_time()))
@@ -273,7 +276,8 @@ async def test_in_sequence_requests_run_one_after_another_in_order(tmp_path: Pat
             async def send(i: int) -> None:
                 await trio.sleep(i * 0.02)  # a known arrival order
                 (a,) = await ms.send_command(GUID, [SlowInSequenceCommand(wait=i)])
-                answers.append(str(a.details))  # type: ignore[attr-defined]
+                assert isinstance(a, Answer)
+                answers.append(str(a.details))
 
             async with trio.open_nursery() as nursery:
                 for i in range(4):
@@ -370,7 +374,7 @@ async def test_ms_moves_the_agent_and_ms_shutdown_stops_it(tmp_path: Path) -> No
             (answer,) = await ms1.send_command(
                 GUID, [MigrateAgentConnectionCommand(ms_list=[f"127.0.0.1:{ms2.port}"])]
             )
-            assert answer.result  # type: ignore[attr-defined]
+            assert isinstance(answer, Answer) and answer.result
             await ms2.wait_for_host(GUID, timeout=10)
             (answer,) = await ms2.send_command(
                 GUID, [ShutdownCommand(reason="deleteHost", remove_host=True)]
@@ -442,7 +446,8 @@ def test_sigterm_flow_as_the_ms_sees_it(tmp_path: Path) -> None:
             assert shutdown.reason == "sig.kill"
             assert int(request.header.flags) == 0x07
             assert code == 0, out
-            assert ms.db.get(GUID).status == "Disconnected"  # type: ignore[union-attr]
+            host = ms.db.get(GUID)
+            assert host is not None and host.status == "Disconnected"
             events = [
                 json.loads(line)["event"] for line in out.splitlines() if line.startswith("{")
             ]

@@ -9,17 +9,18 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.commands import CommandContext, HandlerRegistry, migrate_agent_connection
+from agent.handlers import HandlerRegistry
+from agent.handlers.context import CommandContext
+from agent.handlers.host import migrate_agent_connection
 from protocol import LocalProtocolError, ProtocolError
 from protocol.codec import encode_body
-from protocol.messages import (
-    Answer,
+from protocol.messages.host import (
     CheckHealthAnswer,
     CheckHealthCommand,
     MigrateAgentConnectionAnswer,
     MigrateAgentConnectionCommand,
 )
-from protocol.model import Command, Message, UnknownMessage
+from protocol.model import Answer, Command, Message, UnknownMessage
 from tests.agent_env import (
     agent_config,
     agent_dir,

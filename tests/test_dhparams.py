@@ -1,4 +1,4 @@
-"""QEMU's DH parameters (agent.dhparams): the RFC 7919 group, written once, accepted by QEMU."""
+"""QEMU's DH parameters (agent.certs.dhparams): the RFC 7919 group, written once, QEMU reads it."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.certstore import CertStore
-from agent.dhparams import (
+from agent.certs.dhparams import (
     DH_PARAMS,
     FFDHE3072_PEM,
     dh_numbers,
@@ -22,6 +21,7 @@ from agent.dhparams import (
     needs_dh_params,
     problem,
 )
+from agent.certs.store import CertStore
 from lab.ca import LabCA
 from tests.agent_env import ROOT
 from tests.conftest_lab import lab_required
@@ -41,7 +41,7 @@ def _floor_e_shifted(bits: int) -> int:
 def rfc7919_prime(bits: int) -> int:
     """RFC 7919 appendix A: p = 2^b - 2^(b-64) + {[2^(b-130) e] + X} * 2^64 - 1."""
     x = {2048: 560316, 3072: 2625351}[bits]
-    return 2**bits - 2 ** (bits - 64) + (_floor_e_shifted(bits - 130) + x) * 2**64 - 1
+    return int(2**bits - 2 ** (bits - 64) + (_floor_e_shifted(bits - 130) + x) * 2**64 - 1)
 
 
 def _der(tag: int, body: bytes) -> bytes:

@@ -10,14 +10,18 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import trio
+from attrs import frozen
 
-from agent.commands import CommandContext, HandlerRegistry
+from agent.handlers import HandlerRegistry
+from agent.handlers.context import CommandContext
+from agent.link.tasks import TaskQueue
 from protocol import Flags, Header
 from protocol.codec import encode_body
-from protocol.messages import Answer, CheckHealthAnswer, CheckHealthCommand
-from protocol.model import Command, Message, UnknownMessage
+from protocol.messages.host import CheckHealthAnswer, CheckHealthCommand
+from protocol.model import Answer, Command, Message, UnknownMessage, jfield
 from tests.agent_env import (
     ROOT,
     agent_config,
@@ -34,8 +38,11 @@ GUID = guid_of("agent1")
 MiB = 1024 * 1024
 
 
+@frozen
 class PayloadCommand(Command):
-    JAVA_CLASS = "test.PayloadCommand"
+    JAVA_CLASS: ClassVar[str] = "test.PayloadCommand"
+
+    pad: str = jfield("pad", default="")
 
 
 async def test_a_burst_of_cheap_commands_is_served_in_full(tmp_path: Path) -> None:
@@ -69,11 +76,12 @@ async def test_backpressure_holds_no_more_than_the_budget_and_loses_nothing(
     payload = 200 * 1024
     in_flight_seen: list[int] = []
     registry = HandlerRegistry.with_builtins()
+    queues: list[TaskQueue] = []  # the agent's, once it runs (no handler sees the agent)
 
-    async def slow(cmd: UnknownMessage, ctx: CommandContext) -> Message:
-        in_flight_seen.append(ctx.agent.tasks.in_flight)
+    async def slow(cmd: PayloadCommand, ctx: CommandContext) -> Message:
+        in_flight_seen.append(queues[0].in_flight)
         await trio.sleep(0.05)
-        return Answer(result=True, details=str(len(str(cmd.fields.get("pad", "")))))
+        return Answer(result=True, details=str(len(cmd.pad)))
 
     registry.register(PayloadCommand.JAVA_CLASS, slow)
     async with running_ms(tmp_path, ping_interval=1) as ms:
@@ -86,6 +94,7 @@ async def test_backpressure_holds_no_more_than_the_budget_and_loses_nothing(
         )
         async with running_agent(config, registry) as agent:
             await ms.wait_for_host(GUID, timeout=10)
+            queues.append(agent.tasks)
             answers: list[Message] = []
 
             async def one(i: int) -> None:
@@ -94,7 +103,7 @@ async def test_backpressure_holds_no_more_than_the_budget_and_loses_nothing(
                 answers.extend(
                     await ms.send_command(
                         GUID,
-                        [UnknownMessage(name=PayloadCommand.JAVA_CLASS, fields={"pad": pad})],
+                        [PayloadCommand(pad=pad)],
                         timeout=60,
                     )
                 )
@@ -113,7 +122,7 @@ async def test_backpressure_holds_no_more_than_the_budget_and_loses_nothing(
 async def test_an_ms_that_stops_reading_is_lost_after_two_ping_intervals(tmp_path: Path) -> None:
     registry = HandlerRegistry.with_builtins()
 
-    async def big_answer(cmd: UnknownMessage, ctx: CommandContext) -> Message:
+    async def big_answer(cmd: PayloadCommand, ctx: CommandContext) -> Message:
         return Answer(result=True, details=os.urandom(64 * 1024).hex())  # ~128 KiB, incompressible
 
     registry.register(PayloadCommand.JAVA_CLASS, big_answer)

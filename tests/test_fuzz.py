@@ -21,7 +21,7 @@ from protocol.codec import decode_array, decode_body, encode_messages
 from protocol.errors import BodyError, HeaderError, LinkError, ProtocolError
 from protocol.header import Header
 from protocol.link import Link
-from protocol.messages import MESSAGE_TYPES
+from protocol.model import message_classes
 from protocol.session import Role, Session
 from tests.conftest import client_context, tls12_server_context
 
@@ -38,7 +38,9 @@ json_values = (
     | st.lists(scalars, max_size=3)
     | st.dictionaries(st.text(max_size=6), scalars | st.lists(scalars, max_size=2), max_size=3)
 )
-class_names = st.sampled_from([t.JAVA_CLASS for t in MESSAGE_TYPES]) | st.text(max_size=30)
+class_names = st.sampled_from(
+    sorted(n for n, c in message_classes().items() if c.__module__.startswith("protocol."))
+) | st.text(max_size=30)
 field_names = st.sampled_from(
     [
         "hostId",

@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from protocol.errors import HeaderError
+from protocol.errors import HeaderError, LocalProtocolError
 from protocol.header import Flags, Header, Version
 
 
@@ -74,5 +74,6 @@ def test_response_flags_derive_from_request(request_flags: int, response_flags: 
 
 
 def test_out_of_range_values_refuse_to_encode() -> None:
-    with pytest.raises(HeaderError, match="sequence"):
+    # Our own header: a local error, not one of the peer's.
+    with pytest.raises(LocalProtocolError, match="sequence"):
         Header(Flags.REQUEST, 2**63, 0, -1, 0, 0).encode()

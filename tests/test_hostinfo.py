@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.hostinfo import (
+from agent.hypervisor.hostinfo import (
     cpu_nominal_mhz,
     default_gateway,
     iscsi_initiator_name,

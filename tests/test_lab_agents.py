@@ -55,11 +55,8 @@ def cloud(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]
 
 
 def _libvirtd_pid(lab: Lab, name: str) -> str:
-    return (
-        lab.hosts[name]
-        .run(["cat", "/run/libvirtd.pid"], capture_output=True, text=True)
-        .stdout.strip()
-    )
+    done = lab.hosts[name].run(["cat", "/run/libvirtd.pid"], capture_output=True, text=True)
+    return str(done.stdout).strip()
 
 
 def _served_certificate(lab: Lab, client: str, server: str) -> bytes:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.dhparams import FFDHE3072_PEM
+from agent.certs.dhparams import FFDHE3072_PEM
 from lab.hosts import Lab, LabHost, count_marker, teardown_all
 from lab.netns import NS_DIR, alive, lab_links, lab_mounts, lab_netns, netns_pids
 from lab.storage import SHARED_POOL_PATH

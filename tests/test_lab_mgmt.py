@@ -20,29 +20,31 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agent.tls import load_trust_anchors
-from agent.transport import ConnectionLost, MessageStream, RequestTimeout
+from agent.certs.trust import load_trust_anchors
+from agent.link.transport import ConnectionLost, MessageStream, RequestTimeout
 from lab.ca import LabCA
 from lab.control import ControlServer, control_request
 from lab.mgmt import HostNotConnected, ManagementServer, MigrationRefused
 from protocol import Answer, Message, Request, Session
 from protocol.codec import to_json
-from protocol.messages import (
+from protocol.messages.host import (
     CheckHealthAnswer,
     CheckHealthCommand,
     HostVmStateReportEntry,
-    MigrateAnswer,
-    MigrateCommand,
     PingAnswer,
     PingRoutingCommand,
     PowerState,
-    PrepareForMigrationAnswer,
-    PrepareForMigrationCommand,
     ReadyAnswer,
     ReadyCommand,
     ShutdownCommand,
     StartupAnswer,
     StartupRoutingCommand,
+)
+from protocol.messages.migration import (
+    MigrateAnswer,
+    MigrateCommand,
+    PrepareForMigrationAnswer,
+    PrepareForMigrationCommand,
 )
 
 GUID = "0f6d4bd4-5b0b-4c7a-9d1e-6c1b9a7f0001-LibvirtComputingResource"
@@ -64,7 +66,7 @@ def client_context(
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = False  # the Java agent does none; the MS presents its CA cert
     # As the agent trusts it: CloudStack's CA certificate is no fit server certificate
-    # for OpenSSL without an explicit serverAuth trust setting (agent.tls).
+    # for OpenSSL without an explicit serverAuth trust setting (agent.certs.trust).
     load_trust_anchors(ctx, trust.cert_pem, source="the test's CA")
     if cert_from is not None:
         key_pem, cert_pem = cert_from.issue(f"{name}.test", sans=["127.0.0.1"])

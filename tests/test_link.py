@@ -42,9 +42,9 @@ def pump(a: Link, b: Link, first: bytes = b"") -> tuple[list[LinkEvent], list[Li
     return events_a, events_b
 
 
-def connected(ca: LabCA, **kw: int) -> tuple[Link, Link]:
-    client = Link(client_context(ca), server_side=False, **kw)
-    server = Link(tls12_server_context(ca), server_side=True, **kw)
+def connected(ca: LabCA) -> tuple[Link, Link]:
+    client = Link(client_context(ca), server_side=False)
+    server = Link(tls12_server_context(ca), server_side=True)
     ev_c, ev_s = pump(client, server, client.initiate())
     assert isinstance(ev_c[0], HandshakeComplete)
     assert isinstance(ev_s[0], HandshakeComplete)

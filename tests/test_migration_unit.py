@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.migration import rewrite_graphics_listen, timeout_for
-from agent.migration_errors import diagnose
-from protocol.messages import (
+from agent.hypervisor.migration.engine import rewrite_graphics_listen
+from agent.hypervisor.migration.errors import diagnose
+from agent.hypervisor.migration.monitor import timeout_for
+from protocol.messages.migration import (
     MigrateAnswer,
     MigrateCommand,
     PrepareForMigrationAnswer,
@@ -78,8 +79,8 @@ async def test_failed_migration_leaves_the_vm_running_and_defined(tmp_path: Path
             (answer,) = await ms.send_command(
                 GUID, [MigrateCommand(vm_name="no-such-vm", dest_ip="127.0.0.1")]
             )
-            assert not answer.result  # type: ignore[attr-defined]
-            assert "not running on this host (not defined)" in answer.details  # type: ignore[attr-defined]
+            assert isinstance(answer, MigrateAnswer) and not answer.result
+            assert "not running on this host (not defined)" in (answer.details or "")
 
             (prepared,) = await ms.send_command(
                 GUID, [PrepareForMigrationCommand(vm={"name": "incoming-vm"})]
@@ -89,8 +90,8 @@ async def test_failed_migration_leaves_the_vm_running_and_defined(tmp_path: Path
 
 async def test_outgoing_migrations_beyond_the_limit_are_refused(tmp_path: Path) -> None:
     from agent.config import AgentConfig
-    from agent.hypervisor import Hypervisor
-    from agent.migration import Migrations
+    from agent.hypervisor.connection import Hypervisor
+    from agent.hypervisor.migration.engine import Migrations
 
     config = AgentConfig.from_properties(
         {"guid": "g", "state.dir": str(tmp_path), "migration.max.outgoing": "1"}

@@ -12,8 +12,8 @@ import pytest
 import trio
 
 from agent.config import _KEYS, AgentConfig
-from agent.daemon import Agent
-from agent.sdnotify import Notifier
+from agent.daemon.app import Agent
+from agent.daemon.sdnotify import Notifier
 from tests.agent_env import agent_config, agent_dir, guid_of, running_ms
 
 ROOT = Path(__file__).resolve().parent.parent

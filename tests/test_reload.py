@@ -10,7 +10,7 @@ import javaproperties
 import trio
 
 from agent.config import _KEYS, RELOADABLE, AgentConfig
-from protocol.messages import MigrateAnswer, MigrateCommand
+from protocol.messages.migration import MigrateAnswer, MigrateCommand
 from tests.agent_env import (
     ROOT,
     agent_dir,

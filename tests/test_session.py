@@ -23,8 +23,7 @@ from protocol import (
 )
 from protocol.connection import ConnectionEvent
 from protocol.header import Header
-from protocol.messages import (
-    Answer,
+from protocol.messages.host import (
     PingAnswer,
     PingRoutingCommand,
     ReadyAnswer,
@@ -33,6 +32,7 @@ from protocol.messages import (
     StartupAnswer,
     StartupRoutingCommand,
 )
+from protocol.model import Answer
 from tests.conftest import client_context, tls12_server_context
 
 
@@ -123,7 +123,8 @@ def test_big_compressed_message_and_many_in_one_read(ca: LabCA) -> None:
     assert [type(e) for e in events] == [Request] * 4
     assert isinstance(events[0], Request)
     assert events[0].commands == (big,)
-    assert [e.commands[0].host_id for e in events[1:]] == [0, 1, 2]  # type: ignore[union-attr]
+    pinged = [e.commands[0] for e in events[1:] if isinstance(e, Request)]
+    assert [p.host_id for p in pinged if isinstance(p, PingRoutingCommand)] == [0, 1, 2]
 
 
 def test_ms_discards_anything_before_startup(ca: LabCA) -> None:
@@ -151,6 +152,23 @@ def test_response_pairing_by_sequence(ca: LabCA) -> None:
     assert agent.session.in_flight == 1  # only the startup awaits an answer
     with pytest.raises(UnexpectedResponse, match="matches no request"):
         deliver(agent, ms.send_response(r1, [PingAnswer()]))
+
+
+def test_a_request_s_tag_comes_back_with_its_response_or_when_all_are_forgotten(
+    ca: LabCA,
+) -> None:
+    """The session's table of requests in flight is the only one: a transport keeps its
+    waiters there (the tag), not in a second table."""
+    agent, ms = pair(ca)
+    (startup,) = deliver(ms, agent.send_request([StartupRoutingCommand()], tag="startup")[1])
+    assert isinstance(startup, Request)
+    _, wire = agent.send_request([PingRoutingCommand(host_id=1)], tag="ping")
+    (ping,) = deliver(ms, wire)
+    assert isinstance(ping, Request)
+    (answer,) = deliver(agent, ms.send_response(ping, [PingAnswer()]))
+    assert isinstance(answer, Response) and answer.tag == "ping"
+    assert agent.session.forget_all() == ["startup"]
+    assert agent.session.in_flight == 0
 
 
 def test_bad_body_error_carries_header_and_connection_goes_on(ca: LabCA) -> None:

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from agent import confedit, setup_libvirtd
+from agent.certs.dhparams import DH_PARAMS, FFDHE3072_PEM
+from agent.certs.system_pki import LIBVIRTD_CONF, PKI_LINKS, evaluate
 from agent.config import read_properties
-from agent.dhparams import DH_PARAMS, FFDHE3072_PEM
-from agent.pki import LIBVIRTD_CONF, PKI_LINKS, evaluate
+from agent.setup import confedit
+from agent.setup import libvirtd as setup_libvirtd
 from lab.ca import LabCA
 from tests.cert_env import cloudstack_ca
 

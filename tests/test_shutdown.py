@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.commands import CommandContext, HandlerRegistry
-from agent.daemon import Agent
-from agent.hypervisor import HypervisorError
+from agent.daemon.app import Agent
+from agent.handlers import HandlerRegistry
+from agent.handlers.context import CommandContext
+from agent.hypervisor.connection import HypervisorError
 from lab.mgmt import CommandError
-from protocol.messages import Answer, MigrateAnswer, MigrateCommand
-from protocol.model import Command, Message
+from protocol.messages.migration import MigrateAnswer, MigrateCommand
+from protocol.model import Answer, Command, Message
 from tests.agent_env import agent_config, agent_dir, guid_of, running_agent, running_ms
 
 GUID = guid_of("agent1")
@@ -115,7 +116,7 @@ async def test_the_hypervisor_connection_outlives_every_command(tmp_path: Path) 
             # migration's abort and outcome check need it.
             with trio.CancelScope(shield=True):
                 try:
-                    seen.append(await ctx.agent.hypervisor.running_domains())
+                    seen.append(await ctx.hypervisor.running_domains())
                 except HypervisorError as exc:
                     seen.append(exc)
         return Answer(result=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.codec import encode_messages
-from protocol.messages import StartupRoutingCommand
+from protocol.messages.host import StartupRoutingCommand
 from tests.agent_env import agent_config, agent_dir, guid_of, running_agent, running_ms
 
 ALWAYS, MAYBE = "always", "maybe"  # filled by the KVM agent / null (left out) at times

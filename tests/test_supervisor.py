@@ -8,10 +8,10 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from agent.config import AgentConfig, LbAlgorithm, parse_host_list
-from agent.daemon import Agent, split_host_port
-from agent.supervisor import HostCycler
-from agent.transport import ConnectionLost, MessageStream
+from agent.config import AgentConfig, LbAlgorithm, parse_host_list, split_host_port
+from agent.daemon.app import Agent
+from agent.daemon.mslist import HostCycler
+from agent.link.transport import ConnectionLost, MessageStream
 
 
 def cycler(n: int = 3, algorithm: LbAlgorithm = LbAlgorithm.ROUND_ROBIN) -> HostCycler:

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.tls import (
+from agent.certs.trust import (
     SERVER_AUTH_TRUST,
     TLSConfigError,
     client_context,
@@ -33,7 +33,7 @@ from agent.tls import (
     trusted_certificates,
 )
 from lab.ca import CA_KEY_BITS, KEY_FILE, CAError, LabCA
-from protocol.messages import StartupRoutingCommand
+from protocol.messages.host import StartupRoutingCommand
 from tests.agent_env import (
     agent_config,
     agent_dir,

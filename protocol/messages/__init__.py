@@ -1,118 +1,34 @@
-"""Every modelled message class, and the registry that maps Java class names to them."""
+"""The message classes, one module per room (host, migration, certificates, ...).
+
+Every module of this package is imported here, so each class that sets ``JAVA_CLASS`` is
+registered with the codec (``Message.__init_subclass__``) as soon as its module exists: adding
+a message is adding a class to a room's module, or a new module; no list to edit.
+
+The public classes of every module are also attributes of this package, so
+``from protocol.messages import X`` works for every message. Code that mypy checks imports
+from the room's module (``from protocol.messages.host import PingCommand``), which mypy sees;
+the names gathered here at run time are invisible to it.
+"""
 
 from __future__ import annotations
 
-import functools
+import importlib
+import pkgutil
 
-from protocol.messages.certificates import (
-    SetupCertificateAnswer,
-    SetupCertificateCommand,
-    SetupKeystoreAnswer,
-    SetupKeyStoreCommand,
-)
-from protocol.messages.migration import (
-    MigrateAnswer,
-    MigrateCommand,
-    MigrateDiskInfo,
-    PrepareForMigrationAnswer,
-    PrepareForMigrationCommand,
-)
-from protocol.messages.session import (
-    CheckHealthAnswer,
-    CheckHealthCommand,
-    HostType,
-    HostVmStateReportEntry,
-    MaintainAnswer,
-    MaintainCommand,
-    MigrateAgentConnectionAnswer,
-    MigrateAgentConnectionCommand,
-    PingAnswer,
-    PingCommand,
-    PingRoutingCommand,
-    PowerState,
-    ReadyAnswer,
-    ReadyCommand,
-    SetupMSListAnswer,
-    SetupMSListCommand,
-    ShutdownCommand,
-    StartupAnswer,
-    StartupCommand,
-    StartupRoutingCommand,
-    UnsupportedAnswer,
-)
-from protocol.model import Answer, Command, Message
-
-MESSAGE_TYPES: tuple[type[Message], ...] = (
-    Command,
-    Answer,
-    UnsupportedAnswer,
-    StartupCommand,
-    StartupRoutingCommand,
-    StartupAnswer,
-    ReadyCommand,
-    ReadyAnswer,
-    PingCommand,
-    PingRoutingCommand,
-    PingAnswer,
-    ShutdownCommand,
-    CheckHealthCommand,
-    CheckHealthAnswer,
-    MaintainCommand,
-    MaintainAnswer,
-    SetupMSListCommand,
-    SetupMSListAnswer,
-    MigrateAgentConnectionCommand,
-    MigrateAgentConnectionAnswer,
-    MigrateCommand,
-    MigrateAnswer,
-    PrepareForMigrationCommand,
-    PrepareForMigrationAnswer,
-    SetupKeyStoreCommand,
-    SetupKeystoreAnswer,
-    SetupCertificateCommand,
-    SetupCertificateAnswer,
-)
+from protocol.model import Answer, Command, Message, UnknownMessage, UnsupportedAnswer
 
 
-@functools.cache
-def registry() -> dict[str, type[Message]]:
-    return {t.JAVA_CLASS: t for t in MESSAGE_TYPES}
+def _import_rooms() -> list[str]:
+    names = []
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for name, value in vars(module).items():
+            public = not name.startswith("_")
+            if public and isinstance(value, type) and value.__module__ == module.__name__:
+                globals()[name] = value
+                names.append(name)
+    return names
 
 
-__all__ = [
-    "MESSAGE_TYPES",
-    "Answer",
-    "CheckHealthAnswer",
-    "CheckHealthCommand",
-    "Command",
-    "HostType",
-    "HostVmStateReportEntry",
-    "MaintainAnswer",
-    "MaintainCommand",
-    "Message",
-    "MigrateAgentConnectionAnswer",
-    "MigrateAgentConnectionCommand",
-    "MigrateAnswer",
-    "MigrateCommand",
-    "MigrateDiskInfo",
-    "PingAnswer",
-    "PingCommand",
-    "PingRoutingCommand",
-    "PowerState",
-    "PrepareForMigrationAnswer",
-    "PrepareForMigrationCommand",
-    "ReadyAnswer",
-    "ReadyCommand",
-    "SetupCertificateAnswer",
-    "SetupCertificateCommand",
-    "SetupKeyStoreCommand",
-    "SetupKeystoreAnswer",
-    "SetupMSListAnswer",
-    "SetupMSListCommand",
-    "ShutdownCommand",
-    "StartupAnswer",
-    "StartupCommand",
-    "StartupRoutingCommand",
-    "UnsupportedAnswer",
-    "registry",
-]
+__all__ = ["Answer", "Command", "Message", "UnknownMessage", "UnsupportedAnswer"]
+__all__ += _import_rooms()

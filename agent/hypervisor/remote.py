@@ -1,12 +1,12 @@
-"""Calls that reach a migration's destination host, each bounded in time.
+"""Calls that reach another host's libvirtd (a migration's destination), each bounded in time.
 
 libvirt remote URIs take no connect time-out, and a destination that accepts TCP and
 never answers holds ``virConnectOpen`` forever. So:
 
 * a read-only look (is the VM there, in what state) runs whole in a thread whose wait is
   bounded: on time-out we stop waiting and the thread finishes on its own (it changes
-  nothing, and it closes its own connection when it returns). These threads get their own
-  limiter, so hung ones can never starve the hypervisor's;
+  nothing, and it closes its own connection when it returns). These threads are
+  :class:`RemoteHosts`' own, so hung ones can never starve the local connection's;
 * a call that changes state (resume) is never abandoned: only the open before it is
   bounded that way; the call itself runs on a connection with libvirt's keepalive, which
   fails it if the destination stops answering.
@@ -20,31 +20,49 @@ from typing import Any
 import libvirt
 import trio
 
-from agent.hypervisor import start_event_loop
+from agent.hypervisor.connection import HypervisorError
+from agent.hypervisor.domains import NOT_DEFINED, state_of
+from agent.hypervisor.events import start_event_loop
 
 REMOTE_TIMEOUT = 20.0  # the most any one call to the destination may take (at most 30 s)
 KEEPALIVE = (5, 3)  # a destination silent for ~20 s fails the call in progress
 
 
-def state_name(state: int) -> str:
-    return _STATES.get(state, f"state {state}")
+class RemoteHosts:
+    """Calls to other hosts, on worker threads of their own (``threads`` at once)."""
+
+    def __init__(self, threads: int = 4) -> None:
+        self.limiter = trio.CapacityLimiter(threads)
+
+    async def domain_state(self, uri: str, vm: str, bound: trio.CancelScope) -> str:
+        """The VM's state on that host, NOT_DEFINED, or "unknown: why"; never raises, and
+        gives up when ``bound`` (a cancel scope whose deadline the caller may bring forward)
+        ends."""
+        return await _domain_state(uri, vm, self.limiter, bound)
+
+    async def resume_paused(self, uri: str, vm: str, bound: trio.CancelScope) -> None:
+        """Resume ``vm`` on that host if it is paused. HypervisorError when libvirt fails
+        or the host does not answer before ``bound`` ends."""
+        try:
+            await _resume_paused(uri, vm, self.limiter, bound)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(exc.get_error_message() or str(exc)) from None
+        except TimeoutError as exc:
+            raise HypervisorError(str(exc)) from None
 
 
-async def dest_state(
+async def _domain_state(
     uri: str, vm: str, limiter: trio.CapacityLimiter, bound: trio.CancelScope
 ) -> str:
-    """The VM's state on the destination, or "unknown: why"; never raises, and gives up
-    when ``bound`` (a cancel scope whose deadline the caller may bring forward) ends."""
-
     def look() -> str:
         try:
             conn = libvirt.open(uri)
         except libvirt.libvirtError as exc:
             return f"unknown: {exc.get_error_message()}"
         try:
-            return state_name(conn.lookupByName(vm).state()[0])
+            return state_of(conn.lookupByName(vm).state()[0])
         except libvirt.libvirtError:
-            return "not defined"
+            return NOT_DEFINED
         finally:
             try:
                 conn.close()
@@ -102,10 +120,9 @@ async def open_bounded(uri: str, limiter: trio.CapacityLimiter, bound: trio.Canc
     raise TimeoutError(f"{uri} did not answer within {trio.current_time() - started:.0f}s")
 
 
-async def resume_paused(
+async def _resume_paused(
     uri: str, vm: str, limiter: trio.CapacityLimiter, bound: trio.CancelScope
 ) -> None:
-    """Resume ``vm`` on the destination if it is paused. Raises libvirtError/TimeoutError."""
     conn = await open_bounded(uri, limiter, bound)
 
     def resume() -> None:
@@ -124,14 +141,3 @@ def _close(conn: Any) -> None:
         conn.close()
     except libvirt.libvirtError:
         pass
-
-
-_STATES = {
-    libvirt.VIR_DOMAIN_RUNNING: "running",
-    libvirt.VIR_DOMAIN_BLOCKED: "running",
-    libvirt.VIR_DOMAIN_PAUSED: "paused",
-    libvirt.VIR_DOMAIN_SHUTDOWN: "shutting down",
-    libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
-    libvirt.VIR_DOMAIN_CRASHED: "crashed",
-    libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
-}

@@ -17,7 +17,7 @@ import trio
 from attrs import define, field
 
 from agent.config import AgentConfig
-from protocol.messages import MigrateAnswer
+from protocol.messages.migration import MigrateAnswer
 
 MiB = 1024 * 1024
 POLL_SECONDS = 0.5
@@ -28,6 +28,20 @@ ACTIVE_JOBS = (libvirt.VIR_DOMAIN_JOB_BOUNDED, libvirt.VIR_DOMAIN_JOB_UNBOUNDED)
 
 # call(vm, fn): fn(domain) in a worker thread; None if libvirt failed
 Call = Callable[[str, Callable[[Any], Any]], Awaitable[Any]]
+
+
+def timeout_for(cmd_wait: int, configured: int) -> float | None:
+    """The migration's limit in seconds: the smaller of vm.migrate.wait and the command's."""
+    limits = [w for w in (cmd_wait, configured) if w and w > 0]
+    return float(min(limits)) if limits else None
+
+
+def handling_limit(cmd_wait: int, configured: int) -> float | None:
+    """The bound on the whole handling of a MigrateCommand: its ``wait``, or
+    vm.migrate.wait when the command gives none."""
+    if cmd_wait and cmd_wait > 0:
+        return float(cmd_wait)
+    return float(configured) if configured and configured > 0 else None
 
 
 @define

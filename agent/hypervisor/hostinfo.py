@@ -1,4 +1,5 @@
-"""Facts about this host from the OS: names, OS release, kernel, the private interface."""
+"""Facts about this host from the OS: names, OS release, kernel, the private interface, and
+the identity a certificate request names (no libvirt here)."""
 
 from __future__ import annotations
 
@@ -208,6 +209,13 @@ def _ipv6_addresses() -> list[str]:
         if not (addr.is_loopback or addr.is_link_local):
             out.append(str(addr))
     return out
+
+
+def host_identity() -> tuple[str, list[str], list[str]]:
+    """(FQDN, host names, local IPs except loopback and link-local) for the CSR."""
+    facts = os_facts()
+    names = [n for n in dict.fromkeys([facts.hostname]) if n and n != facts.fqdn]
+    return facts.fqdn, names, local_addresses()
 
 
 def total_memory() -> int:

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import structlog
 
-from agent.certs import (
+from agent.certs.dhparams import ensure_dh_params
+from agent.certs.keys import (
     CertificateError,
     ValidCertificate,
     load_private_key,
@@ -33,12 +34,11 @@ from agent.certs import (
     private_key_pem,
     validate,
 )
-from agent.dhparams import ensure_dh_params
+from agent.certs.system_pki import PKI_LINKS
+from agent.certs.trust import CA_FILE, CERT_FILE, KEY_FILE
 from agent.fsutil import atomic_write, fsync_dir
-from agent.pki import PKI_LINKS
-from agent.tls import CA_FILE, CERT_FILE, KEY_FILE
 
-log = structlog.get_logger("agent.certstore")
+log = structlog.get_logger("agent.certs.store")
 FILES = (KEY_FILE, CERT_FILE, CA_FILE)
 KEEP_SETS = 2  # the current set and one backup
 PENDING = "pending"
@@ -149,7 +149,7 @@ class CertStore:
 
     def link_pki(self, root: Path = Path("/")) -> list[str]:
         """Point libvirt's and QEMU's PKI paths at our files, and give QEMU its DH
-        parameters (agent.dhparams); returns the paths changed.
+        parameters (agent.certs.dhparams); returns the paths changed.
 
         Each link is replaced in one rename, and only once its target exists, so
         /etc/pki/CA/cacert.pem is never missing or dangling (libvirtd would not start).

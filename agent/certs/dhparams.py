@@ -21,7 +21,7 @@ import structlog
 
 from agent.fsutil import atomic_write
 
-log = structlog.get_logger("agent.dhparams")
+log = structlog.get_logger("agent.certs.dhparams")
 
 DH_PARAMS: Final = "etc/pki/qemu/dh-params.pem"  # relative to the system root
 MIN_BITS: Final = 2048  # RFC 7919's smallest group; GnuTLS's "medium" level

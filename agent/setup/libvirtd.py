@@ -4,7 +4,7 @@ The out-of-band counterpart of ``cloudstack-setup-agent -s`` (spec: certificates
 In order, and idempotently: refuse unless cert-dir holds a valid certificate set; set TLS in
 libvirtd.conf and qemu.conf (comments and other settings kept); make libvirtd listen
 (socket activation or ``--listen``); open 16514/tcp; link the libvirt/QEMU PKI paths to
-cert-dir and give QEMU standard DH parameters (agent.dhparams); write
+cert-dir and give QEMU standard DH parameters (agent.certs.dhparams); write
 ``libvirtd.tls.enabled=true``; restart libvirtd or tell the operator to.
 
 System paths are taken under ``--root``; system commands run only when it is ``/`` (other
@@ -20,19 +20,18 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
-from agent import confedit
-from agent.certs import CertificateError
-from agent.certstore import CertStore
-from agent.config import DEFAULT_CONFIG, ConfigError, read_properties, set_property
-from agent.dhparams import DH_PARAMS, GROUP_NAME, needs_dh_params
-from agent.pki import LIBVIRTD_CONF, PKI_LINKS, certificate_set
+from agent.certs.dhparams import DH_PARAMS, GROUP_NAME, needs_dh_params
+from agent.certs.keys import CertificateError
+from agent.certs.store import CertStore
+from agent.certs.system_pki import LIBVIRTD_CONF, PKI_LINKS, certificate_set
+from agent.config import DEFAULT_CONFIG, ConfigError, cert_dir_of, read_properties
+from agent.setup import confedit
+from agent.setup.run import SetupError, SetupRun
 
 TLS_PORT = "16514"
 QEMU_CONF = "etc/libvirt/qemu.conf"
@@ -69,10 +68,6 @@ _FIREWALL_ADD: dict[str, tuple[str, ...]] = {
 _NFT_OPEN = re.compile(rf"tcp dport (?:{TLS_PORT}\b|\{{[^}}]*\b{TLS_PORT}\b[^}}]*\}}).*\baccept\b")
 _UFW_OPEN = re.compile(rf"^{TLS_PORT}(?:/tcp)?\s+ALLOW\b", re.M)
 _SYSTEMD_STATES = {"initializing", "starting", "running", "degraded", "maintenance", "stopping"}
-
-
-class SetupError(Exception):
-    """A precondition is not met or a step failed; the message says which."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -134,99 +129,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Setup:
+class _Setup(SetupRun):
+    """The steps of ``setup --secure-libvirtd``, in order (see the module docstring)."""
+
     def __init__(self, *, root: Path, dry_run: bool, out: TextIO) -> None:
-        self.root = Path(os.path.abspath(root))
-        self.live = self.root == Path("/")  # only then are system commands run
-        self.dry_run = dry_run
-        self.out = out
+        super().__init__(root=root, dry_run=dry_run, out=out, header=HEADER)
         self.systemd = False
-        self.changed: list[str] = []  # files and links changed (dry run: would be)
-        self.ran: list[str] = []  # commands run (dry run: would be)
-        self.manual: list[str] = []  # left to the operator
-
-    # --- helpers ----------------------------------------------------------------------
-
-    def say(self, message: str) -> None:
-        print(message, file=self.out)
-
-    def path(self, rel: str) -> Path:
-        return self.root / rel
-
-    def read_system_file(self, rel: str, *, required: bool) -> bytes | None:
-        path = self.path(rel)
-        if not self.live and path.exists():
-            real = Path(os.path.realpath(path))
-            if not real.is_relative_to(Path(os.path.realpath(self.root))):
-                raise SetupError(f"{path} leads outside --root {self.root} (to {real})")
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            if required:
-                raise SetupError(
-                    f"{path} does not exist (is libvirt's daemon installed?)"
-                ) from None
-            return None
-        except OSError as exc:
-            raise SetupError(f"cannot read {path}: {exc.strerror}") from None
-
-    def write(self, path: Path, old: bytes | None, new: bytes) -> None:
-        if old == new:
-            return
-        if self.dry_run:
-            self.out.write(confedit.unified_diff(path, old, new))
-        else:
-            confedit.replace_file(path, new)
-            self.say(f"updated {path}")
-        self.changed.append(str(path))
-
-    def edit(
-        self,
-        path: Path,
-        old: bytes | None,
-        values: Mapping[str, str],
-        *,
-        separator: str = confedit.LIBVIRT_SEPARATOR,
-        notes: Mapping[str, str] | None = None,
-    ) -> None:
-        text = (old or b"").decode("utf-8", "surrogateescape")
-        new = confedit.set_values(text, values, separator=separator, header=HEADER, notes=notes)
-        self.write(path, old, new.encode("utf-8", "surrogateescape"))
-
-    def command(self, argv: Sequence[str], why: str) -> None:
-        cmd = shlex.join(argv)
-        if not self.live:
-            self.manual.append(cmd)
-            self.say(f"not run (--root is not /): {cmd}    # {why}")
-            return
-        if self.dry_run:
-            self.ran.append(cmd)
-            self.say(f"would run: {cmd}    # {why}")
-            return
-        self.say(f"running: {cmd}")
-        try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise SetupError(f"{cmd} failed: {exc}") from None
-        if proc.returncode != 0:
-            detail = (proc.stderr or proc.stdout).strip()
-            raise SetupError(f"{cmd} failed (exit {proc.returncode}): {detail}")
-        self.ran.append(cmd)
-
-    def query(self, *argv: str) -> subprocess.CompletedProcess[str] | None:
-        """A read-only command on the live system (dry runs too); None when not possible."""
-        if not self.live or shutil.which(argv[0]) is None:
-            return None
-        try:
-            return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-
-    def query_out(self, *argv: str) -> str:
-        proc = self.query(*argv)
-        return proc.stdout.strip() if proc is not None else ""
-
-    # --- the steps --------------------------------------------------------------------
 
     def secure_libvirtd(self, config: Path, cert_dir: Path | None, firewall: str) -> None:
         # 1. Refuse, changing nothing, unless everything needed is there.
@@ -234,10 +142,7 @@ class _Setup:
             props = read_properties(config)
         except ConfigError as exc:
             raise SetupError(f"refusing: {exc}") from None
-        if cert_dir is None:
-            configured = props.get("cert.dir", "").strip()
-            cert_dir = Path(configured) if configured else config.parent
-        cert_dir = Path(os.path.abspath(cert_dir))
+        cert_dir = Path(os.path.abspath(cert_dir or cert_dir_of(props, config)))
         try:
             cert = certificate_set(cert_dir)
         except CertificateError as exc:
@@ -414,14 +319,8 @@ class _Setup:
     def set_tls_property(self, config: Path, props: Mapping[str, str]) -> None:
         if props.get(PROPERTY, "").strip() == "true":
             return
-        old = config.read_bytes()
-        # set_property's edit, made on a private copy, then one atomic replace keeping the mode.
-        with tempfile.TemporaryDirectory(prefix="kvm-agent-setup.") as tmp:
-            copy = Path(tmp) / config.name
-            copy.write_bytes(old)
-            set_property(copy, PROPERTY, "true")
-            new = copy.read_bytes()
-        self.write(config, old, new)
+        # The same comment-keeping edit as libvirtd.conf's (a properties line is key=value).
+        self.edit(config, config.read_bytes(), {PROPERTY: "true"}, separator="=")
 
     def finish(self) -> None:
         if self.changed or self.ran:

@@ -7,16 +7,18 @@ the source is undefined only once the VM runs on the destination.
 
 The command's ``wait`` (vm.migrate.wait when it has none) bounds the whole handling: the
 job is aborted early enough to read the outcome within it, and every look at the
-destination is bounded (:mod:`agent.migration_remote`). Each migration is a job owned by
+destination is bounded (:mod:`agent.hypervisor.remote`). Each migration is a job owned by
 :class:`Migrations`, which lives as long as the hypervisor connection: when the agent
-stops, running jobs are aborted, their outcome read on both hosts and logged.
+stops, running jobs are aborted, their outcome read on both hosts and logged. Migrations
+run on a :class:`~agent.hypervisor.connection.Lane` of their own (migration.max.outgoing
+threads), so a long one never holds the threads short calls need.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import libvirt
@@ -25,25 +27,28 @@ import trio
 from attrs import define, field
 
 from agent.config import AgentConfig
-from agent.hypervisor import Hypervisor, HypervisorError
-from agent.migration_errors import diagnose
-from agent.migration_job import ACTIVE_JOBS, POLL_SECONDS, MigrationJob, watch
-from agent.migration_remote import REMOTE_TIMEOUT, resume_paused, state_name
-from agent.migration_remote import dest_state as dest_state_of
-from agent.pki import PKI_LINKS
-from protocol.messages import (
+from agent.hypervisor import domains
+from agent.hypervisor.connection import Hypervisor, HypervisorError, Lane
+from agent.hypervisor.domains import LIVE, DomainState
+from agent.hypervisor.migration.errors import diagnose
+from agent.hypervisor.migration.monitor import (
+    ACTIVE_JOBS,
+    POLL_SECONDS,
+    MigrationJob,
+    handling_limit,
+    timeout_for,
+    watch,
+)
+from agent.hypervisor.remote import REMOTE_TIMEOUT, RemoteHosts
+from protocol.messages.migration import (
     MigrateAnswer,
     MigrateCommand,
     PrepareForMigrationAnswer,
     PrepareForMigrationCommand,
 )
 
-log = structlog.get_logger("agent.migration")
+log = structlog.get_logger("agent.hypervisor.migration.engine")
 SETTLE_SECONDS = 30  # after an error, how long libvirt may keep the job going
-
-_SERVER_PKI = tuple(
-    p for p in PKI_LINKS if p.startswith(("etc/pki/CA/", "etc/pki/libvirt/", "etc/pki/qemu/"))
-)
 
 
 def rewrite_graphics_listen(xml: str, dest_ip: str) -> str:
@@ -56,40 +61,25 @@ def rewrite_graphics_listen(xml: str, dest_ip: str) -> str:
     return re.sub(r"<graphics\b[^>]*>|<listen\b[^>]*type='address'[^>]*>", fix, xml)
 
 
-def timeout_for(cmd_wait: int, configured: int) -> float | None:
-    """The migration's limit in seconds: the smaller of vm.migrate.wait and the command's."""
-    limits = [w for w in (cmd_wait, configured) if w and w > 0]
-    return float(min(limits)) if limits else None
-
-
-def handling_limit(cmd_wait: int, configured: int) -> float | None:
-    """The bound on the whole handling of a MigrateCommand: its ``wait``, or
-    vm.migrate.wait when the command gives none."""
-    if cmd_wait and cmd_wait > 0:
-        return float(cmd_wait)
-    return float(configured) if configured and configured > 0 else None
-
-
 @define
 class Migrations:
     config: AgentConfig
     hypervisor: Hypervisor
     outgoing: int = 0
-    _limiter: trio.CapacityLimiter = field(init=False)
-    _remote: trio.CapacityLimiter = field(init=False)
+    _lane: Lane = field(init=False)
+    _remote: RemoteHosts = field(init=False, factory=RemoteHosts)
     _jobs: set[MigrationJob] = field(init=False, factory=set)
     _idle: trio.Event = field(init=False, factory=trio.Event)
     _nursery: trio.Nursery | None = field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
-        self._limiter = trio.CapacityLimiter(self.config.max_outgoing_migrations)
-        self._remote = trio.CapacityLimiter(4)  # threads looking at destinations
+        self._lane = self.hypervisor.lane(self.config.max_outgoing_migrations)
         self._idle.set()
 
     def apply(self, config: AgentConfig) -> None:
         """A reloaded configuration, for the migrations that start from now on."""
         self.config = config
-        self._limiter.total_tokens = config.max_outgoing_migrations
+        self._lane.resize(config.max_outgoing_migrations)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Home of the migration jobs, for as long as the hypervisor connection lives."""
@@ -131,10 +121,10 @@ class Migrations:
         self,
         cmd: PrepareForMigrationCommand,
         *,
-        secured: bool,
-        root: Path = Path("/"),
+        missing_tls_files: Sequence[str] = (),
         config: AgentConfig | None = None,
     ) -> PrepareForMigrationAnswer:
+        """``missing_tls_files``: the PKI files a secured host lacks to receive over TLS."""
         cfg = config or self.config
         vm = cmd.vm_name or "?"
         if not await self.hypervisor.healthy():
@@ -143,14 +133,12 @@ class Migrations:
                 details=f"cannot receive {vm}: libvirtd on this host is not reachable "
                 f"({self.hypervisor.last_error})",
             )
-        if secured:
-            missing = [str(root / p) for p in _SERVER_PKI if not (root / p).exists()]
-            if missing:
-                return PrepareForMigrationAnswer(
-                    result=False,
-                    details=f"cannot receive {vm} securely: missing {', '.join(missing)} "
-                    "(run `kvm-agent setup --secure-libvirtd`)",
-                )
+        if missing_tls_files:
+            return PrepareForMigrationAnswer(
+                result=False,
+                details=f"cannot receive {vm} securely: missing {', '.join(missing_tls_files)} "
+                "(run `kvm-agent setup --secure-libvirtd`)",
+            )
         incoming = await self.incoming()
         limit = cfg.max_incoming_migrations
         if incoming >= limit:
@@ -163,20 +151,8 @@ class Migrations:
 
     async def incoming(self) -> int:
         """Domains paused because an incoming migration is filling them."""
-
-        def count(conn: Any) -> int:
-            n = 0
-            for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_PAUSED):
-                state, reason = dom.state()
-                if (
-                    state == libvirt.VIR_DOMAIN_PAUSED
-                    and reason == libvirt.VIR_DOMAIN_PAUSED_MIGRATION
-                ):
-                    n += 1
-            return n
-
         try:
-            return await self.hypervisor.call(count)
+            return await self.hypervisor.call(domains.incoming_migrations)
         except HypervisorError:
             return 0
 
@@ -296,7 +272,7 @@ class Migrations:
             state = await self._source_state(vm)
         except HypervisorError as exc:
             return MigrateAnswer(result=False, details=f"cannot migrate {vm}: {exc}")
-        if state not in ("running", "paused"):
+        if state not in LIVE:
             return MigrateAnswer(
                 result=False,
                 details=f"cannot migrate {vm}: it is not running on this host ({state})",
@@ -310,9 +286,8 @@ class Migrations:
             nursery.start_soon(watch, job, cfg, done, self._call_quietly)
             try:
                 # Waited for to the end; given up only if the agent exits meanwhile.
-                await self.hypervisor.call(
+                await self._lane.call(
                     lambda conn: _migrate_call(conn, vm, dest, uri, flags, cfg.migrate_speed),
-                    limiter=self._limiter,
                     abandon_on_cancel=True,
                 )
             except HypervisorError as exc:
@@ -330,12 +305,12 @@ class Migrations:
         if error is not None:
             await self._settle(job)
         source_state = await self._state_or_none(vm)
-        dest_state = await dest_state_of(uri, vm, self._remote, job.bounded(REMOTE_TIMEOUT))
-        on_dest = dest_state in ("running", "paused")
-        on_source = source_state in ("running", "paused")
+        dest_state = await self._remote.domain_state(uri, vm, job.bounded(REMOTE_TIMEOUT))
+        on_dest = dest_state in LIVE
+        on_source = source_state in LIVE
 
         if on_dest and not on_source:
-            if monitor.paused_by_us or dest_state == "paused":
+            if monitor.paused_by_us or dest_state == DomainState.PAUSED:
                 await self._resume_on_dest(job)
             await self._undefine_source(vm, mlog)
             if error is not None:
@@ -345,7 +320,7 @@ class Migrations:
             mlog.info("migration completed", seconds=round(elapsed, 2))
             return MigrateAnswer(result=True, details=f"{vm} migrated to {dest} in {elapsed:.1f}s")
 
-        paused_here = on_source and monitor.paused_by_us and source_state == "paused"
+        paused_here = on_source and monitor.paused_by_us and source_state == DomainState.PAUSED
         # We paused it so that the migration converges; it stayed here: run it again.
         if paused_here and await self._call_quietly(vm, lambda d: d.resume()) is None:
             mlog.error("could not resume the VM paused for the migration; resume it by hand")
@@ -382,16 +357,7 @@ class Migrations:
             return None
 
     async def _source_state(self, vm: str) -> str:
-        def state(conn: Any) -> str:
-            try:
-                dom = conn.lookupByName(vm)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                    return "not defined"
-                raise
-            return state_name(dom.state()[0])
-
-        return await self.hypervisor.call(state)
+        return await self.hypervisor.call(lambda conn: domains.state_or_not_defined(conn, vm))
 
     async def _state_or_none(self, vm: str) -> str:
         try:
@@ -409,25 +375,16 @@ class Migrations:
 
     async def _resume_on_dest(self, job: MigrationJob) -> None:
         try:
-            await resume_paused(job.uri, job.vm, self._remote, job.bounded(REMOTE_TIMEOUT))
-        except (libvirt.libvirtError, TimeoutError) as exc:
-            message = exc.get_error_message() if isinstance(exc, libvirt.libvirtError) else exc
+            await self._remote.resume_paused(job.uri, job.vm, job.bounded(REMOTE_TIMEOUT))
+        except HypervisorError as exc:
             job.log.error(
                 "could not resume the VM on the destination; resume it there by hand",
-                error=str(message),
+                error=str(exc),
             )
 
     async def _undefine_source(self, vm: str, mlog: Any) -> None:
-        def undefine(conn: Any) -> None:
-            try:
-                dom = conn.lookupByName(vm)
-            except libvirt.libvirtError:
-                return  # already gone
-            if not dom.isActive() and dom.isPersistent():
-                dom.undefine()
-
         try:
-            await self.hypervisor.call(undefine)
+            await self.hypervisor.call(lambda conn: domains.undefine_if_stopped(conn, vm))
         except HypervisorError as exc:
             mlog.warning("could not undefine the source copy", error=str(exc))
 

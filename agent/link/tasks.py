@@ -4,7 +4,7 @@ It limits concurrency to ``workers``, runs IN_SEQUENCE requests one after anothe
 arrival order, counts what is in flight and lets others wait until nothing is. It lives
 as long as the agent, not a session, so a command outlives a dropped connection.
 
-What waits is bounded in bytes, not in number (:class:`~agent.budget.ByteBudget`): a job
+What waits is bounded in bytes, not in number (:class:`~agent.link.budget.ByteBudget`): a job
 waiting for a worker is a closure in a deque, not a task, so a burst of twenty thousand
 cheap commands costs little and is served in full.
 """
@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 import structlog
 import trio
 
-from agent.budget import ByteBudget
+from agent.link.budget import ByteBudget
 
 log = structlog.get_logger("agent.tasks")
 
@@ -62,15 +62,8 @@ class TaskQueue:
         """Commands accepted and not finished (waiting for a worker or running)."""
         return self._in_flight
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def workers(self) -> int:
-        return int(self._limiter.total_tokens)
-
     def set_workers(self, workers: int) -> None:
+        """SIGHUP's ``workers``: more run at once from now on, or fewer as they finish."""
         self._limiter.total_tokens = workers
 
     def submit(self, job: Job, *, size: int = 0, in_sequence: bool = False) -> None:

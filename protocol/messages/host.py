@@ -1,4 +1,4 @@
-"""Commands and answers of the session itself: startup, ready, ping, shutdown, MS lists."""
+"""The host and its connection: startup, ready, ping, shutdown, health, maintenance, MS lists."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from attrs import frozen
 
-from protocol.model import Answer, Command, UnsupportedAnswer, jfield
+from protocol.model import Answer, Command, jfield
 
 _API = "com.cloud.agent.api."
 _LB = "org.apache.cloudstack.agent.lb."
@@ -228,6 +228,3 @@ class MigrateAgentConnectionCommand(Command):
 @frozen
 class MigrateAgentConnectionAnswer(Answer):
     JAVA_CLASS: ClassVar[str] = _API + "MigrateAgentConnectionAnswer"
-
-
-__all__ = ["UnsupportedAnswer"]  # re-exported for protocol.messages

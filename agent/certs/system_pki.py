@@ -10,10 +10,15 @@ import datetime as dt
 import re
 from pathlib import Path
 
+import structlog
+import trio
 from attrs import frozen
 
-from agent.certs import CertificateError, ValidCertificate, validate
-from agent.tls import CA_FILE, CERT_FILE, KEY_FILE
+from agent.certs.keys import CertificateError, ValidCertificate, validate
+from agent.certs.trust import CA_FILE, CERT_FILE, KEY_FILE
+from agent.config import AgentConfig
+
+log = structlog.get_logger("agent.system_pki")
 
 # libvirt / QEMU path (relative to root) -> the agent's file it links to.
 PKI_LINKS: dict[str, str] = {
@@ -32,6 +37,10 @@ PKI_LINKS: dict[str, str] = {
     "etc/pki/libvirt-vnc/server-key.pem": KEY_FILE,
 }
 QEMU_TLS_FILES = tuple(p for p in PKI_LINKS if p.startswith("etc/pki/qemu/"))
+# What a host needs to receive a migration over TLS (libvirtd's and QEMU's server side).
+MIGRATION_TLS_FILES = tuple(
+    p for p in PKI_LINKS if p.startswith(("etc/pki/CA/", "etc/pki/libvirt/", "etc/pki/qemu/"))
+)
 LIBVIRTD_CONF = "etc/libvirt/libvirtd.conf"
 _LISTEN_TLS = re.compile(r"^\s*listen_tls\s*=\s*1\s*(#.*)?$", re.M)
 
@@ -54,6 +63,11 @@ def certificate_set(cert_dir: Path, *, now: dt.datetime | None = None) -> ValidC
         except OSError as exc:
             raise CertificateError(f"cannot read {cert_dir / name}: {exc.strerror}") from None
     return validate(files[CERT_FILE], files[KEY_FILE], files[CA_FILE], now=now)
+
+
+def missing(root: Path, paths: tuple[str, ...]) -> list[str]:
+    """The ``paths`` (relative to ``root``) that do not exist, as full paths."""
+    return [str(root / p) for p in paths if not (root / p).exists()]
 
 
 def libvirtd_tls_configured(root: Path, tls_enabled_setting: bool) -> bool:
@@ -84,7 +98,26 @@ def evaluate(
             "libvirtd is not configured for TLS (libvirtd.tls.enabled=false and no "
             f"listen_tls = 1 in {root / LIBVIRTD_CONF})"
         )
-    missing = [str(root / p) for p in QEMU_TLS_FILES if not (root / p).exists()]
-    if missing:
-        reasons.append(f"QEMU TLS files missing: {', '.join(missing)}")
+    if absent := missing(root, QEMU_TLS_FILES):
+        reasons.append(f"QEMU TLS files missing: {', '.join(absent)}")
     return SecurityReport(not reasons, tuple(reasons), certificate)
+
+
+async def secured(config: AgentConfig) -> bool:
+    """Evaluated at every registration and migration (in a worker thread: it reads files),
+    and logged: certificates, libvirtd TLS, QEMU TLS files."""
+    report = await trio.to_thread.run_sync(
+        lambda: evaluate(
+            config.cert_dir, tls_enabled_setting=config.libvirtd_tls_enabled, root=config.pki_root
+        )
+    )
+    if report.secured:
+        log.info(
+            "host is secured",
+            not_after=str(report.certificate.not_after) if report.certificate else None,
+        )
+    elif any("expired" in r for r in report.reasons):
+        log.error("host certificate EXPIRED: registering as unsecured", reasons=report.reasons)
+    else:
+        log.info("host is not secured", reasons=list(report.reasons))
+    return report.secured

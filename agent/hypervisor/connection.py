@@ -1,85 +1,36 @@
 """The one owner of the libvirt connection.
 
-Every libvirt call is blocking, so each runs in a worker thread under a dedicated
-CapacityLimiter; libvirt's error is read in the thread that failed. A failed call marks
-the connection lost; the next call reconnects.
+Every libvirt call is blocking, so each runs in a worker thread under a CapacityLimiter;
+libvirt's error is read in the thread that failed and raised as HypervisorError. A failed
+call changes nothing about the connection: libvirt's close callback (EOF, keepalive) marks it
+lost, and ``run`` closes it and opens a new one, with backoff. Meanwhile every call fails at
+once. Work that holds threads for long (a migration) takes a :class:`Lane` of its own.
 """
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import libvirt
 import structlog
 import trio
-from attrs import define, frozen
+from attrs import define
 
-from agent import hostinfo
+from agent.hypervisor import domains
+from agent.hypervisor.domains import DomainState
+from agent.hypervisor.events import DomainEvent, lifecycle_event, start_event_loop
+from agent.hypervisor.facts import HostFacts, read_facts
 
 log = structlog.get_logger("agent.hypervisor")
 _T = TypeVar("_T")
-
-
-# libvirt reports its version as major * 1,000,000 + minor * 1,000 + release.
-def _version(number: int) -> str:
-    return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"
 
 
 class HypervisorError(Exception):
     """libvirt failed; the message is libvirt's own, read in the failing thread."""
 
 
-@frozen
-class HostFacts:
-    cpus: int
-    cpu_sockets: int
-    speed_mhz: int
-    memory: int  # bytes, MemTotal (before host.reserved.mem.mb is set aside)
-    caps: str
-    hypervisor_version: str
-    libvirt_version: str
-    arch: str
-    hostname: str
-    fqdn: str
-    os_name: str
-    os_version: str
-    kernel: str
-    gateway: str | None
-    iqn: str | None
-    private: hostinfo.Interface | None
-
-
-_event_loop_lock = threading.Lock()
-_event_loop_started = False
-
-
-def start_event_loop() -> None:
-    """Run libvirt's default event loop in a daemon thread (once per process).
-
-    It must be registered before a connection is opened, or that connection gets no
-    events, keepalive or close callback. The thread only dispatches callbacks, which hand
-    their work to trio; it holds no state worth a clean stop.
-    """
-    global _event_loop_started
-    with _event_loop_lock:
-        if _event_loop_started:
-            return
-        libvirt.virEventRegisterDefaultImpl()
-        # Errors reach us as exceptions; libvirt's default handler would also print them.
-        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-
-        def loop() -> None:
-            while True:
-                libvirt.virEventRunDefaultImpl()
-
-        threading.Thread(target=loop, name="libvirt-events", daemon=True).start()
-        _event_loop_started = True
-
-
-LifecycleListener = Callable[[str, int, int], None]  # domain name, event, detail
+LifecycleListener = Callable[[DomainEvent], None]
 CLOSE_TIMEOUT = 0.5  # closing comes last at exit: within shutdown.grace.seconds + 5 s
 
 
@@ -135,15 +86,15 @@ class Hypervisor:
         self._conn: Any = None
         self._generation = 0  # of the connection; a late close callback names an old one
         self._lost = trio.Event()
-        self._up = trio.Event()
         self._token: trio.lowlevel.TrioToken | None = None
 
     @property
     def connected(self) -> bool:
         return self._conn is not None
 
-    async def wait_connected(self) -> None:
-        await self._up.wait()
+    def lane(self, threads: int) -> Lane:
+        """Calls on this connection with ``threads`` worker threads of their own."""
+        return Lane(self, trio.CapacityLimiter(threads))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._token = trio.lowlevel.current_trio_token()
@@ -174,13 +125,11 @@ class Hypervisor:
                 self.last_error = None
                 if self.reconnects:
                     log.info("libvirt connection restored", uri=self.uri)
-                self._up.set()
                 if not started:
                     started = True
                     task_status.started()
                 await self._lost.wait()
                 self._lost = trio.Event()
-                self._up = trio.Event()
                 self.reconnects += 1
                 # The close callback only marked it lost: close it here, or it leaks
                 # (with its event callbacks, which keep it alive).
@@ -233,8 +182,8 @@ class Hypervisor:
     def _closed_cb(self, _conn: Any, reason: int, generation: Any) -> None:
         self._to_trio(self._on_closed, generation, reason)
 
-    def _lifecycle_cb(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
-        self._to_trio(self._on_lifecycle, dom.name(), event, detail)
+    def _lifecycle_cb(self, _conn: Any, dom: Any, event: int, _detail: int, _opaque: Any) -> None:
+        self._to_trio(self._on_lifecycle, lifecycle_event(dom.name(), event))
 
     def _to_trio(self, fn: Callable[..., None], *args: Any) -> None:
         if self._token is None:
@@ -253,26 +202,22 @@ class Hypervisor:
         self._conn = None  # calls fail fast from now on; run() closes it
         self._lost.set()
 
-    def _on_lifecycle(self, name: str, event: int, detail: int) -> None:
+    def _on_lifecycle(self, event: DomainEvent) -> None:
         for listener in self.lifecycle_listeners:
             try:
-                listener(name, event, detail)
+                listener(event)
             except Exception:  # raised in a run_sync_soon callback, it would crash trio
-                log.exception("domain event listener failed", vm=name)
+                log.exception("domain event listener failed", vm=event.name)
 
     # --- calls ----------------------------------------------------------------------
 
-    async def call(
-        self,
-        fn: Callable[[Any], _T],
-        *,
-        limiter: trio.CapacityLimiter | None = None,
-        abandon_on_cancel: bool = False,
-    ) -> _T:
-        """Run ``fn(conn)`` in a worker thread; libvirt's error is read in that thread.
+    async def call(self, fn: Callable[[Any], _T]) -> _T:
+        """Run ``fn(conn)`` in a worker thread; libvirt's error is read in that thread."""
+        return await self._call(fn, self.limiter, abandon_on_cancel=False)
 
-        ``abandon_on_cancel`` only for a caller that is never cancelled but when the agent
-        exits: otherwise a thread that changes state is always waited for."""
+    async def _call(
+        self, fn: Callable[[Any], _T], limiter: trio.CapacityLimiter, *, abandon_on_cancel: bool
+    ) -> _T:
         conn = self._conn
         if conn is None:
             raise HypervisorError(f"libvirtd is not reachable: {self.last_error}")
@@ -284,7 +229,7 @@ class Hypervisor:
                 raise HypervisorError(exc.get_error_message() or str(exc)) from None
 
         return await trio.to_thread.run_sync(
-            work, limiter=limiter or self.limiter, abandon_on_cancel=abandon_on_cancel
+            work, limiter=limiter, abandon_on_cancel=abandon_on_cancel
         )
 
     async def healthy(self) -> bool:
@@ -294,76 +239,32 @@ class Hypervisor:
             return False
 
     async def host_facts(self) -> HostFacts:
-        def facts(conn: Any) -> tuple[list[Any], int, int, str]:
-            return conn.getInfo(), conn.getVersion(), conn.getLibVersion(), conn.getCapabilities()
-
-        info, hv_version, lib_version, caps_xml = await self.call(facts)
-        os_facts = await trio.to_thread.run_sync(hostinfo.os_facts)
-        private = await trio.to_thread.run_sync(hostinfo.private_interface, self.private_device)
-        # getInfo: [model, memory MiB, cpus, MHz, NUMA nodes, sockets per node, cores, threads]
-        _model, _mem_mib, cpus, mhz, nodes, sockets, _cores, _threads = info[:8]
-        caps = ["hvm"] if "<os_type>hvm</os_type>" in caps_xml else []
-        caps.append("snapshot")
-        memory = await trio.to_thread.run_sync(hostinfo.total_memory)
-        self.last_facts = _facts(
-            os_facts,
-            private,
-            cpus=int(cpus),
-            cpu_sockets=int(nodes) * int(sockets),
-            # As the Java agent: the nominal speed, libvirt's current one only without it;
-            # the memory from the kernel (libvirt rounds it to MiB).
-            speed_mhz=os_facts.cpu_mhz or int(mhz),
-            memory=memory,
-            caps=",".join(caps),
-            hypervisor_version=_version(int(hv_version)),
-            libvirt_version=_version(int(lib_version)),
-        )
+        """libvirt's and the OS's facts; kept as ``last_facts`` for registering while
+        libvirtd is away."""
+        self.last_facts = await read_facts(self.call, self.private_device)
         return self.last_facts
 
-    async def running_domains(self) -> dict[str, str]:
-        """Running (or paused) domains: name -> libvirt state name."""
-
-        def domains(conn: Any) -> dict[str, str]:
-            out = {}
-            for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
-                state, _reason = dom.state()
-                out[dom.name()] = _STATE_NAMES.get(state, "unknown")
-            return out
-
-        return await self.call(domains)
+    async def running_domains(self) -> dict[str, DomainState]:
+        """Running (or paused) domains: name -> state."""
+        return await self.call(domains.active_domains)
 
 
-def _facts(
-    os_facts: hostinfo.OsFacts, private: hostinfo.Interface | None, **libvirt_facts: Any
-) -> HostFacts:
-    return HostFacts(
-        arch=os_facts.arch,
-        hostname=os_facts.hostname,
-        fqdn=os_facts.fqdn,
-        os_name=os_facts.os_name,
-        os_version=os_facts.os_version,
-        kernel=os_facts.kernel,
-        gateway=os_facts.gateway,
-        iqn=os_facts.iqn,
-        private=private,
-        **libvirt_facts,
-    )
+@define
+class Lane:
+    """A share of the hypervisor's connection with worker threads of its own, so that long
+    calls (a migration holds its thread for minutes) never starve the short ones."""
 
+    hypervisor: Hypervisor
+    limiter: trio.CapacityLimiter
 
-def os_only_facts(private_device: str = "") -> HostFacts:
-    """What registration can say while libvirtd is away and no earlier facts are known."""
-    os_facts = hostinfo.os_facts()
-    return _facts(
-        os_facts,
-        hostinfo.private_interface(private_device),
-        cpus=os.cpu_count() or 1,
-        cpu_sockets=1,
-        speed_mhz=os_facts.cpu_mhz or 0,
-        memory=hostinfo.total_memory(),
-        caps="hvm,snapshot",
-        hypervisor_version="",
-        libvirt_version="",
-    )
+    def resize(self, threads: int) -> None:
+        self.limiter.total_tokens = threads
+
+    async def call(self, fn: Callable[[Any], _T], *, abandon_on_cancel: bool = False) -> _T:
+        """As ``Hypervisor.call``. ``abandon_on_cancel`` only for a caller that is never
+        cancelled but when the agent exits: otherwise a thread that changes state is always
+        waited for."""
+        return await self.hypervisor._call(fn, self.limiter, abandon_on_cancel=abandon_on_cancel)
 
 
 _CLOSE_REASONS = {
@@ -371,14 +272,4 @@ _CLOSE_REASONS = {
     libvirt.VIR_CONNECT_CLOSE_REASON_EOF: "libvirtd went away",
     libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "keepalive timed out",
     libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT: "closed by the agent",
-}
-
-_STATE_NAMES = {
-    libvirt.VIR_DOMAIN_RUNNING: "running",
-    libvirt.VIR_DOMAIN_BLOCKED: "running",
-    libvirt.VIR_DOMAIN_PAUSED: "paused",
-    libvirt.VIR_DOMAIN_SHUTDOWN: "shutting-down",
-    libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
-    libvirt.VIR_DOMAIN_CRASHED: "crashed",
-    libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
 }

@@ -8,7 +8,6 @@ tells the supervisor what to do next; it never raises for a lost connection.
 from __future__ import annotations
 
 import enum
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -16,18 +15,19 @@ import structlog
 import trio
 from attrs import frozen
 
-from agent import __version__
-from agent.budget import REQUEST_OVERHEAD
-from agent.commands import AgentControl, CommandContext, HandlerRegistry
-from agent.config import parse_algorithm
-from agent.hypervisor import HypervisorError, os_only_facts
-from agent.supervisor import backoff_from_ms
-from agent.tasks import QueueClosed
-from agent.transport import ConnectionLost, MessageStream, RequestTimeout
+from agent.config import AgentConfig, backoff_from_ms
+from agent.handlers import HandlerRegistry
+from agent.handlers.context import AgentLifecycle, CommandContext, MsListControl, TlsReload
+from agent.hypervisor.connection import Hypervisor, HypervisorError
+from agent.hypervisor.migration.engine import Migrations
+from agent.link.budget import REQUEST_OVERHEAD
+from agent.link.startup import startup_command
+from agent.link.state import StateStore
+from agent.link.tasks import QueueClosed, TaskQueue
+from agent.link.transport import ConnectionLost, MessageStream, RequestTimeout
 from protocol import LocalProtocolError, Request
 from protocol.header import HEADER_SIZE
-from protocol.messages import (
-    Answer,
+from protocol.messages.host import (
     HostVmStateReportEntry,
     PingAnswer,
     PingRoutingCommand,
@@ -35,10 +35,8 @@ from protocol.messages import (
     ReadyCommand,
     ShutdownCommand,
     StartupAnswer,
-    StartupRoutingCommand,
-    UnsupportedAnswer,
 )
-from protocol.model import Message
+from protocol.model import Answer, Message, UnsupportedAnswer
 
 STOPPED_BY_PREVIOUS_FAILURE = "Stopped by previous failure"
 
@@ -57,16 +55,48 @@ class SessionOutcome:
     reason: str
 
 
-class AgentServices(AgentControl, Protocol):
-    handlers: HandlerRegistry
+class SessionMsList(MsListControl, Protocol):
+    def set_backoff(self, seconds: float) -> None:
+        """StartupAnswer's backoff.seconds (already clamped to 1-300 s)."""
+        ...
 
-    def set_backoff(self, seconds: float) -> None: ...
+
+class AgentServices(Protocol):
+    """What a session uses of the agent (the composition root, agent.daemon.app, has it all);
+    handlers get only their room's part of it, through CommandContext."""
+
+    @property
+    def config(self) -> AgentConfig: ...
+
+    @property
+    def hypervisor(self) -> Hypervisor: ...
+
+    @property
+    def migrations(self) -> Migrations: ...
+
+    @property
+    def state(self) -> StateStore: ...
+
+    @property
+    def tasks(self) -> TaskQueue: ...
+
+    @property
+    def handlers(self) -> HandlerRegistry: ...
+
+    @property
+    def ms_list(self) -> SessionMsList: ...
+
+    @property
+    def lifecycle(self) -> AgentLifecycle: ...
+
+    @property
+    def tls_reload(self) -> TlsReload: ...
 
 
 class AgentSession:
-    def __init__(self, stream: MessageStream, agent: AgentServices, host: str) -> None:
+    def __init__(self, stream: MessageStream, services: AgentServices, host: str) -> None:
         self.stream = stream
-        self.agent = agent
+        self.services = services
         self.host = host
         self.log = structlog.get_logger("agent.session").bind(ms=stream.peer)
         self.ping_interval = 60.0
@@ -80,7 +110,7 @@ class AgentSession:
         self._ping_now = trio.Event()
         self._last_vm_report: dict[str, HostVmStateReportEntry] = {}
         self._startup_lock = trio.Lock()
-        stream.budget = agent.tasks.budget
+        stream.budget = services.tasks.budget
 
     # --- life -----------------------------------------------------------------------
 
@@ -118,17 +148,14 @@ class AgentSession:
     async def ready(self, command: ReadyCommand) -> None:
         if command.host_id is not None:
             self.stream.session.agent_id = command.host_id
-        await self.agent.state.update(
+        await self.services.state.update(
             host_id=command.host_id,
             host_uuid=command.host_uuid,
             host_name=command.host_name,
         )
         if command.ms_host_list:
-            interval = command.lb_check_interval
-            await self.agent.set_ms_hosts(
-                command.ms_host_list,
-                parse_algorithm(command.lb_algorithm),
-                float(interval) if interval is not None else None,
+            await self.services.ms_list.adopt(
+                command.ms_host_list, command.lb_algorithm, command.lb_check_interval
             )
         self.log.info("host ready", host_id=command.host_id, host_uuid=command.host_uuid)
         self.is_ready.set()
@@ -157,10 +184,10 @@ class AgentSession:
 
     async def send_startup(self) -> None:
         async with self._startup_lock:
-            command = await self._startup_command()
+            command = await startup_command(self.services, self.log)
             try:
                 response = await self.stream.request(
-                    [command], timeout=self.agent.config.startup_timeout
+                    [command], timeout=self.services.config.startup_timeout
                 )
             except RequestTimeout:
                 self.finish(OutcomeKind.LOST, "no StartupAnswer in time")
@@ -178,98 +205,13 @@ class AgentSession:
                 if warning is not None:
                     self.log.warning(warning)
                 if seconds is not None:
-                    self.agent.set_backoff(seconds)
+                    self.services.ms_list.set_backoff(seconds)
             self.log.info(
                 "registered",
                 ping_interval=self.ping_interval,
                 secured=command.host_details.get("secured"),
             )
             self.registered.set()
-
-    async def _startup_command(self) -> StartupRoutingCommand:
-        """What CloudStack's KVM agent sends (LibvirtComputingResource.initialize and
-        Agent.setupStartupCommand); docs/protocol.md lists the fields and their sources."""
-        cfg, agent = self.agent.config, self.agent
-        try:
-            facts = await agent.hypervisor.host_facts()
-        except HypervisorError as exc:
-            self.log.warning(
-                "libvirt unavailable, registering with the last known facts", error=str(exc)
-            )
-            cached = agent.hypervisor.last_facts
-            facts = (
-                cached
-                if cached is not None
-                else await trio.to_thread.run_sync(os_only_facts, cfg.private_network_device)
-            )
-        private = facts.private
-        state = agent.state.current
-        reserved = cfg.host_reserved_mem_mb * 1024 * 1024
-        if reserved > facts.memory:
-            self.log.warning(
-                "host.reserved.mem.mb is more than the host's memory: offering none to guests",
-                reserved_mib=cfg.host_reserved_mem_mb,
-                memory_mib=facts.memory // (1024 * 1024),
-            )
-        # Keys with an empty value are left out, as the Java agent's parser of versions.sh
-        # leaves them out.
-        os_details = {
-            "Host.OS": facts.os_name,
-            "Host.OS.Version": facts.os_version,
-            "Host.OS.Kernel.Version": facts.kernel,
-        }
-        return StartupRoutingCommand(
-            data_center=cfg.zone,
-            pod=cfg.pod,
-            cluster=cfg.cluster,
-            guid=f"{cfg.guid}-LibvirtComputingResource",
-            name=facts.hostname,
-            id=state.host_id,
-            version=__version__,
-            iqn=facts.iqn,
-            # The Java agent reads these from public.network.device, which CloudStack's
-            # set-up points at the same bridge as the private one; storage falls back to
-            # the private interface there too.
-            private_ip_address=private.ip if private else None,
-            private_mac_address=private.mac if private else None,
-            private_netmask=private.netmask if private else None,
-            public_ip_address=private.ip if private else None,
-            public_mac_address=private.mac if private else None,
-            public_netmask=private.netmask if private else None,
-            storage_ip_address=private.ip if private else None,
-            storage_mac_address=private.mac if private else None,
-            storage_netmask=private.netmask if private else None,
-            resource_name="LibvirtComputingResource",
-            gateway_ip_address=facts.gateway,
-            ms_host_list=self._ms_host_list(),
-            arch=facts.arch,
-            cpu_sockets=facts.cpu_sockets,
-            cpus=facts.cpus,
-            speed=facts.speed_mhz,
-            memory=max(facts.memory - reserved, 0),
-            dom0_min_memory=reserved,
-            caps=facts.caps,
-            pool="/root",  # LibvirtComputingResource's default "pool"
-            hypervisor_type="KVM",
-            # No hypervisorVersion: the KVM agent sends none, and the MS looks guest OS
-            # mappings up by the host's version ("default" when it has none).
-            host_details={
-                **{k: v for k, v in os_details.items() if v},
-                "secured": "true" if await agent.secured() else "false",
-                "host.volume.encryption": "false",
-                "host.instance.conversion": "false",
-                "com.cloud.network.Networks.RouterPrivateIpStrategy": "HostLocal",
-            },
-        )
-
-    def _ms_host_list(self) -> str:
-        """The ``host`` value as the Java agent keeps it: the list the MS sent last
-        (kept in state.dir), else agent.properties' own."""
-        state = self.agent.state.current
-        if not state.ms_hosts:
-            return self.agent.config.host
-        hosts = ",".join(state.ms_hosts)
-        return f"{hosts}@{state.lb_algorithm}" if state.lb_algorithm else hosts
 
     def ping_soon(self) -> None:
         """Send an out-of-band ping now (a VM started or stopped)."""
@@ -278,13 +220,13 @@ class AgentSession:
     async def _ping_loop(self) -> None:
         missed = 0
         while True:
-            retries = self.agent.config.ping_retries
+            retries = self.services.config.ping_retries
             out_of_band = False
             with trio.move_on_after(self.ping_interval):
                 await self._ping_now.wait()
                 out_of_band = True
             self._ping_now = trio.Event()
-            started = time.monotonic()
+            started = trio.current_time()
             ping = await self._ping_command(out_of_band)
             try:
                 response = await self.stream.request(
@@ -301,7 +243,7 @@ class AgentSession:
             answer = response.answers[0] if response.answers else None
             self.log.debug(
                 "ping",
-                rtt_ms=round((time.monotonic() - started) * 1000, 1),
+                rtt_ms=round((trio.current_time() - started) * 1000, 1),
                 out_of_band=out_of_band,
             )
             if isinstance(answer, PingAnswer) and answer.send_startup:
@@ -309,9 +251,9 @@ class AgentSession:
                 await self.send_startup()
 
     async def _ping_command(self, out_of_band: bool) -> PingRoutingCommand:
-        guid = f"{self.agent.config.guid}-LibvirtComputingResource"
+        guid = self.services.config.host_guid
         try:
-            domains = await self.agent.hypervisor.running_domains()
+            domains = await self.services.hypervisor.running_domains()
             self._last_vm_report = {
                 name: HostVmStateReportEntry(state=PowerState.POWER_ON, host=guid)
                 for name in domains
@@ -332,7 +274,7 @@ class AgentSession:
         # the inflated one) and the objects around it.
         size = HEADER_SIZE + request.header.length + REQUEST_OVERHEAD
         try:
-            self.agent.tasks.submit(
+            self.services.tasks.submit(
                 lambda: self._execute(request), size=size, in_sequence=request.in_sequence
             )
         except QueueClosed as exc:
@@ -360,13 +302,22 @@ class AgentSession:
     async def _run_command(self, sequence: int, command: Message) -> Message:
         name = command.java_class
         log = self.log.bind(seq=sequence, command=name.rsplit(".", 1)[-1])
-        started = time.monotonic()
-        handler = self.agent.handlers.get(name)
+        started = trio.current_time()
+        handler = self.services.handlers.get(name)
         if handler is None:
             answer: Message = UnsupportedAnswer.for_command(name)
         else:
+            services = self.services
+            # What a handler may use of the agent; its room's Protocol narrows it further.
             ctx = CommandContext(
-                agent=self.agent, session=self, sequence=sequence, config=self.agent.config
+                sequence=sequence,
+                config=services.config,
+                session=self,
+                hypervisor=services.hypervisor,
+                migrations=services.migrations,
+                ms_list=services.ms_list,
+                lifecycle=services.lifecycle,
+                tls_reload=services.tls_reload,
             )
             try:
                 answer = await handler(command, ctx)
@@ -377,7 +328,7 @@ class AgentSession:
         log.info(
             "command",
             result=result,
-            duration_ms=round((time.monotonic() - started) * 1000, 1),
+            duration_ms=round((trio.current_time() - started) * 1000, 1),
             details=getattr(answer, "details", None) if not result else None,
         )
         return answer

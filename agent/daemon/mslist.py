@@ -1,7 +1,10 @@
-"""The connection supervisor: which management server to try next, and when.
+"""Which management servers, in what order, and when to try each.
 
-:class:`HostCycler` is the policy, a pure object driven with explicit times; the
-:class:`Supervisor` runs it against the network, forever, until the agent stops.
+:class:`MsList` is the list: agent.properties' ``host`` until the MS sends its own
+(ReadyCommand, SetupMSListCommand, MigrateAgentConnectionCommand), which is checked entry by
+entry, kept in state.dir and wins until the next reload. :class:`HostCycler` is the policy, a
+pure object driven with explicit times; the supervisor (agent.daemon.supervisor) runs it
+against the network.
 
 Policy:
 * a refused or unreachable MS -> the next one at once; once every MS failed, the first of
@@ -16,21 +19,18 @@ Policy:
 
 from __future__ import annotations
 
-import math
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 import structlog
-import trio
 from attrs import define, field
 
-from agent.config import LbAlgorithm, host_entry_problem
-from agent.transport import ConnectionLost, MessageStream
+from agent.config import AgentConfig, LbAlgorithm, host_entry_problem, parse_algorithm
+from agent.link.state import AgentState, StateStore
 
-log = structlog.get_logger("agent.supervisor")
+log = structlog.get_logger("agent.mslist")
 
 MIN_RETRY = 1.0  # seconds between two attempts at the same host, at the least
-MS_BACKOFF_RANGE = (1.0, 300.0)  # what backoff.seconds from the MS is clamped to
 
 
 def valid_hosts(hosts: Sequence[object], source: str) -> tuple[str, ...]:
@@ -49,23 +49,6 @@ def valid_hosts(hosts: Sequence[object], source: str) -> tuple[str, ...]:
                 problem=problem,
             )
     return tuple(kept)
-
-
-def backoff_from_ms(raw: object) -> tuple[float | None, str | None]:
-    """``backoff.seconds`` as StartupAnswer.params carries it -> (the seconds to use, or
-    None to keep ours; a warning for the log, or None)."""
-    what = f"backoff.seconds={raw!r:.40} from the management server"
-    try:
-        value = float(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None, f"ignoring {what}: not a number"
-    if not math.isfinite(value):
-        return None, f"ignoring {what}: not finite"
-    low, high = MS_BACKOFF_RANGE
-    clamped = min(max(value, low), high)
-    if clamped != value:
-        return clamped, f"{what} is outside {low:g}..{high:g}s; using {clamped:g}s"
-    return value, None
 
 
 @define
@@ -149,27 +132,68 @@ class HostCycler:
                     self._new_order()
 
 
-Connector = Callable[[str], Awaitable[MessageStream]]
+class MsList:
+    """The MS list in force, the cycler walking it, and the MS's say in both."""
 
+    def __init__(self, config: AgentConfig, state: StateStore) -> None:
+        self.cycler = HostCycler(config.ms_hosts, config.lb_algorithm, config.backoff_seconds)
+        self.lb_check_interval = config.lb_check_interval
+        self._state = state
+        self._backoff_override: float | None = None
 
-async def probe_preferred(
-    connect: Connector, host: str, *, idle: Callable[[], bool]
-) -> MessageStream | None:
-    """Open a connection to the preferred MS if we are idle; None if it is not reachable."""
-    if not idle():
-        return None
-    try:
-        stream = await connect(host)
-    except ConnectionLost as exc:
-        log.debug("preferred management server still unreachable", host=host, error=str(exc))
-        return None
-    if not idle():  # a command arrived meanwhile: stay where we are
-        await stream.aclose()
-        return None
-    return stream
+    def adopt_saved(self, saved: AgentState) -> None:
+        """At start: the list the MS sent last, from state.dir."""
+        if not saved.ms_hosts:
+            return
+        hosts = valid_hosts(saved.ms_hosts, f"state file {self._state.path}")
+        if not hosts:
+            log.warning("no valid address in the saved list; using agent.properties' host")
+            return
+        algorithm = LbAlgorithm(saved.lb_algorithm) if saved.lb_algorithm else None
+        self.cycler.set_hosts(hosts, algorithm)
+        if saved.lb_check_interval is not None:
+            self.lb_check_interval = saved.lb_check_interval
 
+    async def adopt(
+        self,
+        hosts: Sequence[str],
+        lb_algorithm: str | None,
+        lb_check_interval: float | None,
+    ) -> tuple[str, ...]:
+        """A list from the MS, its fields as the command carries them; returns the entries
+        kept (invalid ones are skipped; with none left the current list stays)."""
+        kept = valid_hosts(hosts, "management server")
+        if not kept:
+            log.warning("no valid address in the management server's list; keeping the current one")
+            return kept
+        algorithm = parse_algorithm(lb_algorithm)
+        if kept != self.cycler.hosts or (algorithm and algorithm != self.cycler.algorithm):
+            log.info(
+                "management server list updated",
+                hosts=list(kept),
+                algorithm=(algorithm or self.cycler.algorithm).value,
+            )
+            self.cycler.set_hosts(kept, algorithm)
+        if lb_check_interval is not None:
+            self.lb_check_interval = float(lb_check_interval)
+        await self._state.update(
+            ms_hosts=kept,
+            lb_algorithm=(algorithm or self.cycler.algorithm).value,
+            lb_check_interval=self.lb_check_interval,
+        )
+        return kept
 
-async def sleep_unless(event: trio.Event, seconds: float) -> None:
-    """Sleep, returning early if ``event`` is set."""
-    with trio.move_on_after(seconds):
-        await event.wait()
+    def set_backoff(self, seconds: float) -> None:
+        """From the MS (StartupAnswer's backoff.seconds, already clamped to 1-300 s)."""
+        self._backoff_override = seconds
+        self.cycler.backoff = seconds
+
+    async def apply(self, config: AgentConfig) -> None:
+        """SIGHUP: agent.properties' list replaces the MS's (whose copy in state.dir goes);
+        a backoff the MS set stays."""
+        await self._state.update(ms_hosts=None, lb_algorithm=None, lb_check_interval=None)
+        self.lb_check_interval = config.lb_check_interval
+        if config.ms_hosts != self.cycler.hosts or config.lb_algorithm != self.cycler.algorithm:
+            self.cycler.set_hosts(config.ms_hosts, config.lb_algorithm)
+        override = self._backoff_override
+        self.cycler.backoff = override if override is not None else config.backoff_seconds

@@ -15,7 +15,7 @@ import structlog
 import trio
 from attrs import define, field
 
-from agent.budget import ByteBudget
+from agent.link.budget import ByteBudget
 from protocol import (
     Answer,
     BodyError,
@@ -25,7 +25,7 @@ from protocol import (
     LinkClosed,
     LinkError,
     Message,
-    ProtocolError,
+    RemoteProtocolError,
     Request,
     Response,
     Session,
@@ -74,7 +74,6 @@ class MessageStream:
         self.conn = conn
         self.peer = peer
         self._write_lock = trio.Lock()
-        self._waiters: dict[int, _Waiter] = {}
         self._closed: ConnectionLost | None = None
         self.peer_certificate: bytes | None = None
         self.budget: ByteBudget | None = None
@@ -191,7 +190,7 @@ class MessageStream:
                         await self.budget.wait_for_room()
                     try:
                         event = self.conn.decode(raw.data)
-                    except ProtocolError as exc:
+                    except RemoteProtocolError as exc:
                         await self._on_bad_message(exc)
                         continue
                     if isinstance(event, Response):
@@ -206,14 +205,16 @@ class MessageStream:
             await self._shutdown()
 
     def _deliver(self, response: Response) -> None:
-        waiter = self._waiters.pop(response.sequence, None)
-        if waiter is not None:
+        waiter = response.tag
+        if isinstance(waiter, _Waiter):
             waiter.response = response
             waiter.event.set()
 
-    async def _on_bad_message(self, exc: ProtocolError) -> None:
+    async def _on_bad_message(self, exc: RemoteProtocolError) -> None:
         log.warning("bad message", peer=self.peer, error=str(exc))
         header = exc.header if isinstance(exc, BodyError) else None
+        if not isinstance(header, Header):
+            header = None
         # Before startup the MS side throws everything away, as the Java MS does.
         if header is not None and header.is_request and self.session.started:
             # Answer what we could not read, so the peer does not wait for it forever.
@@ -223,10 +224,10 @@ class MessageStream:
 
     def _fail_waiters(self, exc: ConnectionLost) -> None:
         self._closed = exc
-        for waiter in self._waiters.values():
-            waiter.error = exc
-            waiter.event.set()
-        self._waiters.clear()
+        for waiter in self.session.forget_all():
+            if isinstance(waiter, _Waiter):
+                waiter.error = exc
+                waiter.event.set()
 
     # --- writing --------------------------------------------------------------------
 
@@ -241,8 +242,10 @@ class MessageStream:
         waiter = _Waiter()
         async with self._write_lock:
             self._check_open()
-            request, data = self.conn.send_request(commands, stop_on_error=stop_on_error)
-            self._waiters[request.sequence] = waiter
+            # The session's table of requests in flight holds the waiter: one table.
+            request, data = self.conn.send_request(
+                commands, stop_on_error=stop_on_error, tag=waiter
+            )
             await self._send(data)
         try:
             with trio.move_on_after(timeout):
@@ -250,7 +253,6 @@ class MessageStream:
         finally:
             # Timed out or cancelled from outside: stop waiting for this sequence.
             if waiter.response is None and waiter.error is None:
-                self._waiters.pop(request.sequence, None)
                 self.session.forget(request.sequence)
         if waiter.error is not None:
             raise waiter.error
