@@ -249,8 +249,10 @@ def _kind(value: Any) -> str:
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
-    if tp is Any or value is None:  # null inside a map or list stays null
+    if value is None:  # null inside a list stays null
         return value
+    if tp is Any:
+        return _raw(value)
     if origin in (Union, types.UnionType):
         options = [a for a in typing.get_args(tp) if a is not type(None)]
         errors = []
@@ -293,9 +295,11 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise BodyError(f"{where}: expected object, got {_kind(value)}")
         kt, vt = typing.get_args(tp)
+        # A null value reads as absent: Gson leaves such entries out when it writes them.
         return {
             _convert_key(k, kt, where): _convert(v, vt, f"{where}[{k!r:.40}]")
             for k, v in value.items()
+            if v is not None
         }
     if origin is list:
         if not isinstance(value, list):
@@ -361,12 +365,25 @@ def _convert_interface(value: Any, root: type[Any], where: str) -> Any:
     if not isinstance(value, dict) or len(value) != 1:
         raise BodyError(f'{where}: expected {{"<class name>": {{...}}}}, got {_kind(value)}')
     ((name, fields),) = value.items()
+    if not name:
+        raise BodyError(f"{where}: the class name of the wrapped object is empty")
     if not isinstance(fields, dict):
-        raise BodyError(f"{where} ({name:.80}): fields must be an object")
+        raise BodyError(
+            f'{where}: expected {{"<class name>": {{...}}}}; {name:.80} holds {_kind(fields)}'
+        )
     impl = root.IMPLEMENTATIONS.get(name)
     if impl is None:
         return root.RAW(name=name, fields=fields)
     return from_json(impl, fields, f"{where}.{name.rsplit('.', 1)[-1]}")
+
+
+def _raw(value: Any) -> Any:
+    """An untyped value as to_json will write it: object members that are null left out."""
+    if isinstance(value, dict):
+        return {k: _raw(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_raw(v) for v in value]
+    return value
 
 
 def _convert_java_enum(value: Any, tp: type[JavaEnum], where: str) -> JavaEnum:
