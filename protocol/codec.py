@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import types
 import typing
 import zlib
@@ -20,6 +21,7 @@ import attrs
 
 import protocol.messages  # noqa: F401  (imports every message module: the classes register)
 from protocol.errors import BodyError, LocalProtocolError
+from protocol.jtypes import JavaEnum, RawImplementation, interface_root
 from protocol.model import ALIASES, JSON_NAME, Message, UnknownMessage, message_class
 
 GZIP_THRESHOLD: Final = 8192
@@ -78,14 +80,15 @@ def _wire_fields(cls: type) -> tuple[tuple[str, str], ...]:
 
 def to_json(value: Any) -> Any:
     """Python value -> JSON-ready structure (attrs classes become objects, enums names)."""
-    if isinstance(value, UnknownMessage):
+    if isinstance(value, UnknownMessage | RawImplementation):
         return dict(value.fields)
     if attrs.has(type(value)):
         out: dict[str, Any] = {}
+        wrapped = _wrapped_fields(type(value))
         for attr_name, json_name in _wire_fields(type(value)):
             item = getattr(value, attr_name)
             if item is not None:
-                out[json_name] = to_json(item)
+                out[json_name] = _wrap(item) if attr_name in wrapped else to_json(item)
         return out
     if isinstance(value, enum.Enum):
         return value.value
@@ -246,8 +249,10 @@ def _kind(value: Any) -> str:
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
-    if tp is Any or value is None:  # null inside a map or list stays null
+    if value is None:  # null inside a list stays null
         return value
+    if tp is Any:
+        return _raw(value)
     if origin in (Union, types.UnionType):
         options = [a for a in typing.get_args(tp) if a is not type(None)]
         errors = []
@@ -277,6 +282,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, str):
             return value
         raise BodyError(f"{where}: expected string, got {_kind(value)}")
+    if isinstance(tp, type) and issubclass(tp, JavaEnum):
+        return _convert_java_enum(value, tp, where)
+    if (root := interface_root(tp)) is not None:
+        return _convert_interface(value, root, where)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         try:
             return tp(value)
@@ -285,8 +294,13 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise BodyError(f"{where}: expected object, got {_kind(value)}")
-        _, vt = typing.get_args(tp)
-        return {k: _convert(v, vt, f"{where}[{k!r:.40}]") for k, v in value.items()}
+        kt, vt = typing.get_args(tp)
+        # A null value reads as absent: Gson leaves such entries out when it writes them.
+        return {
+            _convert_key(k, kt, where): _convert(v, vt, f"{where}[{k!r:.40}]")
+            for k, v in value.items()
+            if v is not None
+        }
     if origin is list:
         if not isinstance(value, list):
             raise BodyError(f"{where}: expected array, got {_kind(value)}")
@@ -297,3 +311,97 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise BodyError(f"{where}: expected object, got {_kind(value)}")
         return from_json(tp, value, where)
     raise TypeError(f"no JSON conversion for {tp!r} at {where}")  # a bug in a message class
+
+
+# --- Gson's type adaptors (GsonHelper.setDefaultGsonConfig, 4.21) ----------------------
+# Kept apart from the generic code above: interface-typed fields, enums by name (see
+# protocol.jtypes) and maps with Long keys.
+
+_WRAPPED: dict[type, frozenset[str]] = {}
+_LONG_KEY: Final = re.compile(r"-?[0-9]{1,19}")
+
+
+def _mentions_interface(tp: Any) -> bool:
+    return interface_root(tp) is not None or any(
+        _mentions_interface(a) for a in typing.get_args(tp)
+    )
+
+
+def _wrapped_fields(cls: type) -> frozenset[str]:
+    """Attributes of ``cls`` declared with an interface type: written ``{"<class>": {...}}``."""
+    cached = _WRAPPED.get(cls)
+    if cached is not None:
+        return cached
+    hints = typing.get_type_hints(cls)
+    names = set()
+    for f in attrs.fields(cls):
+        if JSON_NAME not in f.metadata:
+            continue
+        tp = hints[f.name]
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if interface_root(tp) is not None or (
+            typing.get_origin(tp) in (Union, types.UnionType)
+            and len(options) == 1
+            and interface_root(options[0]) is not None
+        ):
+            names.add(f.name)
+        elif _mentions_interface(tp):
+            # Gson wraps by the declared element type too; nothing here needs it yet, so
+            # refuse the declaration rather than write such a field unwrapped.
+            raise TypeError(f"{cls.__name__}.{f.name}: interface inside {tp!r} is not supported")
+    _WRAPPED[cls] = frozenset(names)
+    return _WRAPPED[cls]
+
+
+def _wrap(value: Any) -> Any:
+    java_class = getattr(value, "java_class", "")
+    if not java_class:
+        raise LocalProtocolError(f"{type(value).__name__} has no Java class to wrap it in")
+    return {java_class: to_json(value)}
+
+
+def _convert_interface(value: Any, root: type[Any], where: str) -> Any:
+    """``{"<class>": {...}}`` -> the registered implementation, or the root's raw holder."""
+    if not isinstance(value, dict) or len(value) != 1:
+        raise BodyError(f'{where}: expected {{"<class name>": {{...}}}}, got {_kind(value)}')
+    ((name, fields),) = value.items()
+    if not name:
+        raise BodyError(f"{where}: the class name of the wrapped object is empty")
+    if not isinstance(fields, dict):
+        raise BodyError(
+            f'{where}: expected {{"<class name>": {{...}}}}; {name:.80} holds {_kind(fields)}'
+        )
+    impl = root.IMPLEMENTATIONS.get(name)
+    if impl is None:
+        return root.RAW(name=name, fields=fields)
+    return from_json(impl, fields, f"{where}.{name.rsplit('.', 1)[-1]}")
+
+
+def _raw(value: Any) -> Any:
+    """An untyped value as to_json will write it: object members that are null left out."""
+    if isinstance(value, dict):
+        return {k: _raw(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_raw(v) for v in value]
+    return value
+
+
+def _convert_java_enum(value: Any, tp: type[JavaEnum], where: str) -> JavaEnum:
+    """A name, or ``{"name": "..."}`` as older versions wrote some of them."""
+    if isinstance(value, dict):
+        value = value.get("name")
+    if not isinstance(value, str):
+        raise BodyError(f"{where}: expected a {tp.__name__} name, got {_kind(value)}")
+    return tp(value)
+
+
+def _convert_key(key: str, tp: Any, where: str) -> Any:
+    """JSON object keys are strings; Gson writes a Long key as its decimal text."""
+    if tp is int:
+        if not _LONG_KEY.fullmatch(key):
+            raise BodyError(f"{where}: key {key!r:.40} is not an integer")
+        number = int(key)
+        if not _JAVA_LONG[0] <= number <= _JAVA_LONG[1]:
+            raise BodyError(f"{where}: key out of the 64-bit range")
+        return number
+    return key

@@ -13,6 +13,7 @@ import pytest
 from protocol.codec import GZIP_THRESHOLD, decode_body, encode_body, encode_messages, gson_dumps
 from protocol.errors import BodyError
 from protocol.messages.certificates import SetupCertificateCommand, SetupKeyStoreCommand
+from protocol.messages.enums import StoragePoolType
 from protocol.messages.host import (
     HostVmStateReportEntry,
     PingRoutingCommand,
@@ -20,6 +21,7 @@ from protocol.messages.host import (
     StartupRoutingCommand,
 )
 from protocol.messages.migration import MigrateCommand, MigrateDiskInfo
+from protocol.messages.stats import GetVolumeStatsCommand
 from protocol.model import Answer, Message, UnknownMessage, message_classes
 
 PING_BODY = (
@@ -33,6 +35,8 @@ GET_VOLUME_STATS = (
     b'["dcc860ac-4a20-498f-9cb3-bab4d57aa676"],"poolType":{"name":"NetworkFilesystem"},'
     b'"poolUuid":"e007c270-2b1b-3ce9-ae92-a98b94eef7eb","contextMap":{},"wait":5}}]'
 )
+# RequestTest.testGoodCommand's twin with a class no one knows (RequestTest.java).
+JUNK_COMMAND = GET_VOLUME_STATS.replace(b"GetVolumeStatsCommand", b"SomeJunkCommand")
 S2S_ANSWER = (
     b'[{"com.cloud.agent.api.CheckS2SVpnConnectionsAnswer":{"ipToConnected":'
     b'{"10.0.53.13":true},"ipToDetail":{"10.0.53.13":"IPsec SA found;Site-to-site VPN have '
@@ -52,12 +56,29 @@ def test_ping_body_exact_bytes() -> None:
     assert decode_body(PING_BODY, length=224, compressed=False) == [PingRoutingCommand(host_id=5)]
 
 
-@pytest.mark.parametrize("body", [GET_VOLUME_STATS, S2S_ANSWER])
+@pytest.mark.parametrize("body", [JUNK_COMMAND, S2S_ANSWER])
 def test_cloudstack_test_bodies_decode_and_reencode_byte_for_byte(body: bytes) -> None:
     (message,) = decode_body(body, length=len(body), compressed=False)
     assert isinstance(message, UnknownMessage)
     assert message.java_class in body.decode()
     assert encode_messages([message]) == body
+
+
+def test_get_volume_stats_body_decodes_typed_and_is_written_the_4_21_way() -> None:
+    # Modelled since the zone messages: the old {"name": ...} pool type is read, the plain
+    # string written, and bypassHostMaintenance (a Java primitive) is always written.
+    (message,) = decode_body(GET_VOLUME_STATS, length=len(GET_VOLUME_STATS), compressed=False)
+    assert message == GetVolumeStatsCommand(
+        volume_uuids=["dcc860ac-4a20-498f-9cb3-bab4d57aa676"],
+        pool_type=StoragePoolType.NETWORK_FILESYSTEM,
+        pool_uuid="e007c270-2b1b-3ce9-ae92-a98b94eef7eb",
+        wait=5,
+    )
+    assert encode_messages([message]) == (
+        GET_VOLUME_STATS.replace(b'{"name":"NetworkFilesystem"}', b'"NetworkFilesystem"').replace(
+            b'"wait":5}', b'"wait":5,"bypassHostMaintenance":false}'
+        )
+    )
 
 
 def test_s2s_answer_fields_decoded() -> None:
@@ -160,7 +181,7 @@ def test_secrets_never_in_repr() -> None:
         (b'[{"com.cloud.agent.api.PingCommand":{"hostId":"x"}}]', "hostId: expected integer"),
         (b'[{"com.cloud.agent.api.PingCommand":{"hostId":true}}]', "expected integer, got bool"),
         (b'[{"com.cloud.agent.api.PingCommand":{"outOfBand":1}}]', "expected boolean"),
-        (b'[{"com.cloud.agent.api.PingCommand":{"hostType":"Storage"}}]', "not a valid HostType"),
+        (b'[{"com.cloud.agent.api.PingCommand":{"hostType":"Bogus"}}]', "not a valid HostType"),
         (b'[{"com.cloud.agent.api.PingCommand":{"hostId":1e400}}]', "out of range"),
         (b'[{"com.cloud.agent.api.PingCommand":{"hostId":1.5}}]', "expected integer"),
         (b'[{"com.cloud.agent.api.PingCommand":{"hostId":99999999999999999999}}]', "64-bit"),
@@ -205,3 +226,29 @@ def test_gzip_bomb_is_refused_with_bounded_memory() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 4 * 1024 * 1024
+
+
+def test_a_null_map_value_reads_as_absent_so_what_is_read_re_encodes_to_the_same() -> None:
+    # Gson leaves null map values out when it writes; reading them as absent keeps
+    # decode(encode(decode(body))) == decode(body) (the fuzz tests' property).
+    body = b'[{"com.cloud.agent.api.StartupRoutingCommand":{"hostDetails":{"a":null,"b":"x"}}}]'
+    (message,) = decode_body(body, length=len(body), compressed=False)
+    assert isinstance(message, StartupRoutingCommand)
+    assert message.host_details == {"b": "x"}
+    assert roundtrip([message]) == [message]
+
+
+def test_null_members_inside_a_raw_object_read_as_absent_too() -> None:
+    # MigrateCommand keeps its VirtualMachineTO raw; Gson writes no null member at any depth.
+    body = (
+        b'[{"com.cloud.agent.api.MigrateCommand":{"virtualMachine":{"name":"i-2-3-VM",'
+        b'"gpuDevice":{"gpuGroup":null,"gpuCount":0},"bootupScripts":["a",null]}}}]'
+    )
+    (message,) = decode_body(body, length=len(body), compressed=False)
+    assert isinstance(message, MigrateCommand)
+    assert message.vm_to == {
+        "name": "i-2-3-VM",
+        "gpuDevice": {"gpuCount": 0},
+        "bootupScripts": ["a", None],
+    }
+    assert roundtrip([message]) == [message]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from typing import Any, ClassVar
 
+import attrs
 from attrs import frozen
 
 from protocol.model import Answer, Command, jfield
@@ -15,6 +16,7 @@ _LB = "org.apache.cloudstack.agent.lb."
 
 class HostType(enum.Enum):
     ROUTING = "Routing"
+    STORAGE = "Storage"  # StartupStorageCommand (local pools)
 
 
 class PowerState(enum.Enum):
@@ -30,11 +32,16 @@ class HostVmStateReportEntry:
     host: str | None = jfield("host", default=None)
 
 
+def _host_type(self: StartupCommand) -> HostType:
+    return self.HOST_TYPE
+
+
 @frozen
 class StartupCommand(Command):
     JAVA_CLASS: ClassVar[str] = _API + "StartupCommand"
+    HOST_TYPE: ClassVar[HostType] = HostType.ROUTING  # the default ``type`` of each subclass
 
-    type: HostType = jfield("type", default=HostType.ROUTING)
+    type: HostType = jfield("type", default=attrs.Factory(_host_type, takes_self=True))
     data_center: str | None = jfield("dataCenter", default=None)
     pod: str | None = jfield("pod", default=None)
     cluster: str | None = jfield("cluster", default=None)
