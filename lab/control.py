@@ -8,6 +8,9 @@ line. Commands and answers travel as body items, ``{"<java class>": {fields}}``:
 * ``{"op": "hosts"}`` -> ``{"ok": true, "hosts": [records]}``
 * ``{"op": "migrate", "vm": NAME, "source": H, "destination": H, "timeout": s}``
   -> ``{"ok": true, "answer": item}``
+* ``{"op": "connects"}`` -> ``{"ok": true, "connects": [each run of the connect sequence]}``
+* ``{"op": "stats"}`` -> ``{"ok": true, "stats": {what the statistics cycle collected}}``
+* ``{"op": "track_volume", "pool": UUID, "path": PATH, "vm": NAME}`` -> ``{"ok": true}``
 
 Any failure is ``{"ok": false, "error": "..."}``.
 """
@@ -29,7 +32,7 @@ import structlog
 import trio
 from attrs import define
 
-from lab.mgmt import LabError, ManagementServer
+from lab.ms import BARE, LabError, ManagementServer, lab_zone
 from protocol import Message, RemoteProtocolError
 from protocol.codec import decode_array, to_json
 
@@ -135,11 +138,29 @@ class ControlServer:
             return {"answers": body_items(answers)}
         if op == "hosts":
             connected = set(self.ms.connected())
+            pings = self.ms.liveness.pings
             hosts = [
-                {**attrs.asdict(r), "secured": r.secured, "connected": r.guid in connected}
+                {
+                    **attrs.asdict(r),
+                    "secured": r.secured,
+                    "connected": r.guid in connected,
+                    "pings": pings.get(r.id, 0),
+                    "pools": sorted(p for p, refs in self.ms.pool_refs.items() if r.guid in refs),
+                }
                 for r in self.ms.db.all()
             ]
             return {"hosts": hosts}
+        if op == "connects":
+            return {"connects": [c.summary() for c in self.ms.connects]}
+        if op == "stats":
+            return {"stats": self.ms.stats.summary()}
+        if op == "track_volume":
+            self.ms.track_volume(
+                _field(request, "pool", str),
+                _field(request, "path", str),
+                _field(request, "vm", str),
+            )
+            return {}
         if op == "migrate":
             answer = await self.ms.migrate(
                 _field(request, "vm", str),
@@ -148,7 +169,9 @@ class ControlServer:
                 timeout=_timeout(request, 600),
             )
             return {"answer": body_items([answer])[0]}
-        raise ControlError(f"unknown op {op!r:.40}; expected send, hosts or migrate")
+        raise ControlError(
+            f"unknown op {op!r:.40}; expected send, hosts, migrate, connects, stats or track_volume"
+        )
 
 
 async def _unix_listener(path: Path) -> trio.SocketListener:
@@ -208,6 +231,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--ms-host", action="append", dest="ms_hosts", help="msHostList entry (repeatable)"
     )
+    serve.add_argument(
+        "--zone",
+        choices=("bare", "lab"),
+        default="bare",
+        help="bare: ReadyCommands only; lab: the real connect sequence with the two-host "
+        "lab's traffic labels and shared pool",
+    )
+    serve.add_argument(
+        "--stats-interval", type=float, default=0, help="seconds between statistics cycles"
+    )
+    serve.add_argument("--alert-wait", type=float, default=0, help="the MS's alert.wait (s)")
 
     send = sub.add_parser("send", help="send commands to a host and print the answers")
     send.add_argument("--control", type=Path, required=True)
@@ -237,6 +271,10 @@ async def _serve(args: argparse.Namespace) -> None:
         mgmt_id=args.mgmt_id,
         require_client_cert=args.require_client_cert,
         ms_host_list=args.ms_hosts,
+        zone=(lab_zone() if args.zone == "lab" else BARE).evolve(
+            stats_interval=args.stats_interval
+        ),
+        alert_wait=args.alert_wait,
     )
     control = ControlServer(ms, args.control or args.state_dir / "control.sock")
     try:

@@ -109,6 +109,13 @@ class HostDB:
             (status, time.time(), host_id),
         )
 
+    def mark_all_disconnected(self) -> None:
+        """A new MS process over this database: hosts that were Up, Connecting or Alert
+        on the last one are Disconnected until they come back."""
+        self._db.execute(
+            "UPDATE hosts SET status = 'Disconnected' WHERE status IN ('Up', 'Connecting', 'Alert')"
+        )
+
     def touch(self, host_id: int) -> None:
         """The host was heard from (a ping)."""
         self._db.execute("UPDATE hosts SET last_seen = ? WHERE id = ?", (time.time(), host_id))

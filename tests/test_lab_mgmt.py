@@ -181,7 +181,23 @@ async def test_startup_answered_at_once_then_ready_with_the_real_id(
     assert isinstance(ready, ReadyCommand)
     assert (ready.host_id, ready.host_uuid, ready.dc_id) == (record.id, record.uuid, 1)
     assert ready.details is None
-    assert ready.lb_algorithm == "static"
+    # notifyMonitorsOfConnection's ReadyCommand: the host's ids, ready.command.wait (60 s).
+    assert (ready.wait, ready.enable_human_readable_sizes, ready.lb_algorithm) == (60, True, None)
+    # handleConnectedAgent's second one: avoid list and LB check interval; an MS list and
+    # algorithm only when the agent's differ from the MS's (this MS has none).
+    with trio.fail_after(5):
+        while (
+            len(readies := [r for r in agent.seen if isinstance(r.commands[0], ReadyCommand)]) < 2
+        ):
+            await trio.sleep(0.01)
+    second = readies[1].commands[0]
+    assert isinstance(second, ReadyCommand)
+    assert (second.host_id, second.avoid_ms_host_list, second.lb_check_interval) == (
+        record.id,
+        [],
+        0,
+    )
+    assert second.ms_host_list is None and second.lb_algorithm is None
     assert ms.connected() == [GUID]
     assert ms.received[0][0] == GUID
 

@@ -1,0 +1,476 @@
+"""The lab management server: CloudStack's MS side of port 8250, in trio.
+
+It runs a session the way a 4.21 MS does: the StartupAnswer at once, then the connect
+sequence (:mod:`lab.ms.connect`) and the host's status (:mod:`lab.ms.status`), pings and
+the investigation of silent hosts (:mod:`lab.ms.liveness`), the statistics cycle
+(:mod:`lab.ms.stats`). The zone it runs (:mod:`lab.ms.zone`) says what the connect
+listeners send; the default, :data:`~lab.ms.zone.BARE`, has no listeners (the ReadyCommands
+only). Hosts are kept in SQLite (:mod:`lab.db`). Tests and the demo use the API at the end
+(send commands, wait for hosts, force reconnects, migrate VMs); knobs such as ``silent`` and
+``refuse_ready`` make it misbehave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import ssl
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+import structlog
+import trio
+from attrs import define, field
+from structlog.typing import FilteringBoundLogger
+
+from agent.link.transport import ConnectionLost, RequestTimeout, describe
+from lab.ca import LabCA
+from lab.db import HostDB, HostRecord
+from lab.ms import connect, sshkeys
+from lab.ms.connect import ConnectRecord, Failure, Step
+from lab.ms.errors import CommandError
+from lab.ms.hosts import ALERT, CONNECTING, DISCONNECTED, UP, HostTable
+from lab.ms.link import AgentLink, MsStream, Submitted
+from lab.ms.migrate import migrate
+from lab.ms.stats import StatsCollector
+from lab.ms.status import Event, Status
+from lab.ms.zone import BARE, Zone
+from lab.ms_side import verdict_for
+from lab.ms_side.verdict import HostEffect
+from protocol import Answer, Message, Request, Session, UnknownMessage
+from protocol.codec import to_json
+from protocol.messages.host import (
+    PingAnswer,
+    PingCommand,
+    PingRoutingCommand,
+    ReadyCommand,
+    ShutdownCommand,
+    StartupAnswer,
+    StartupRoutingCommand,
+)
+
+_log: FilteringBoundLogger = structlog.get_logger("lab.mgmt")
+SHUTDOWN_REQUESTED = "sig.kill"  # ShutdownCommand.Requested
+
+
+def succeeded(answer: Message) -> bool:
+    """True when an answer says result=true (also for classes the codec does not model)."""
+    if isinstance(answer, Answer):
+        return answer.result
+    if isinstance(answer, UnknownMessage):
+        return answer.fields.get("result") is True
+    return False
+
+
+@define(eq=False)
+class ManagementServer(HostTable):
+    host: str = "127.0.0.1"
+    port: int = 0
+    params: dict[str, str] = field(factory=dict)
+    mgmt_id: int = 0
+    require_client_cert: bool = False
+    ms_host_list: list[str] | None = None
+    lb_algorithm: str = "static"
+    lb_check_interval: int = 0
+    handshake_timeout: float = 30  # the Java side's
+    ready_timeout: float = connect.READY_WAIT  # ready.command.wait
+
+    # Knobs for tests.
+    silent: bool = False  # read requests, answer none of them
+    refuse_ready: str | None = None  # the host is refused: a ReadyCommand with these _details
+    request_startup_once: bool = False  # the next PingAnswer says sendStartup=true
+
+    connects: list[ConnectRecord] = field(factory=list)
+    stats: StatsCollector = field(init=False)
+
+    _join_locks: dict[str, trio.Lock] = field(factory=dict, init=False)
+    _nursery: trio.Nursery | None = field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.stats = StatsCollector(self, self.zone.stats_interval)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        state_dir: Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ping_interval: int = 60,
+        params: dict[str, str] | None = None,
+        mgmt_id: int | None = None,
+        require_client_cert: bool = False,
+        ms_host_list: list[str] | None = None,
+        lb_algorithm: str = "static",
+        lb_check_interval: int = 0,
+        zone: Zone | None = None,
+        alert_wait: float = 0,
+    ) -> ManagementServer:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        db = HostDB(state_dir / "hosts.sqlite")
+        # AgentManagerImpl.configure: the hosts this MS had are Disconnected until they
+        # come back (markHostsAsDisconnected).
+        db.mark_all_disconnected()
+        zone = zone or BARE
+        if zone.listeners and zone.ssh_public_key is None:
+            zone = sshkeys.with_keys(zone, state_dir / "ssh")
+        return cls(
+            state_dir=state_dir,
+            ca=LabCA.load_or_create(state_dir / "ca"),
+            db=db,
+            host=host,
+            port=port,
+            ping_interval=ping_interval,
+            params=dict(params or {}),
+            # The Java MS's id is its MAC address as a number.
+            mgmt_id=uuid.getnode() if mgmt_id is None else mgmt_id,
+            require_client_cert=require_client_cert,
+            ms_host_list=ms_host_list,
+            lb_algorithm=lb_algorithm,
+            lb_check_interval=lb_check_interval,
+            zone=zone,
+            alert_wait=alert_wait,
+        )
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- serving --------------------------------------------------------------------
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[ManagementServer] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen and serve agents until cancelled; ``started`` once ``port`` is bound."""
+        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        if self.port == 0 and len(listeners) > 1:
+            # Each address family would get its own random port; keep one.
+            for extra in listeners[1:]:
+                await extra.aclose()
+            listeners = listeners[:1]
+        self.port = listeners[0].socket.getsockname()[1]
+        context = self.ca.server_context(self.require_client_cert)
+        _log.info("management server listening", host=self.host, port=self.port)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self.liveness.monitor)
+            if self.zone.stats_interval > 0:
+                nursery.start_soon(self.stats.run)
+            task_status.started(self)
+            await trio.serve_listeners(functools.partial(self._serve_agent, context), listeners)
+
+    async def _serve_agent(self, context: ssl.SSLContext, stream: trio.SocketStream) -> None:
+        accepted_at = trio.current_time()
+        try:
+            address = stream.socket.getpeername()
+            peer = f"{address[0]}:{address[1]}"
+        except OSError:  # the client is already gone
+            peer = "?"
+        log = _log.bind(peer=peer)
+        session = Session.for_management(self.mgmt_id)
+        try:
+            conn = await MsStream.accept(
+                stream, context, session, peer=peer, handshake_timeout=self.handshake_timeout
+            )
+        except ConnectionLost as exc:
+            log.info("agent connection refused", reason=str(exc))
+            return
+        assert isinstance(conn, MsStream)
+        log.info("agent connected")
+        send, receive = trio.open_memory_channel[Request](math.inf)
+        stopping = False
+        async with trio.open_nursery() as nursery:
+            link = AgentLink(conn, log, send, nursery, accepted_at=accepted_at)
+            nursery.start_soon(self._dispatch, link, receive)
+            try:
+                await conn.run(functools.partial(self._on_request, link))
+            except ConnectionLost as exc:
+                link.log.info("agent disconnected", reason=str(exc))
+            except trio.Cancelled:
+                stopping = True  # this MS is stopping
+                raise
+            finally:
+                self._link_ended(link, stopping)
+                nursery.cancel_scope.cancel()
+
+    def _on_request(self, link: AgentLink, request: Request) -> None:
+        # Called by the reader: record and queue, never block.
+        first = request.commands[0]
+        label = link.guid
+        if isinstance(first, StartupRoutingCommand):
+            label = first.guid or label
+        self.received.append((label or "?", request))
+        self._notify()
+        try:
+            link.requests.send_nowait(request)
+        except trio.BrokenResourceError:
+            pass  # the connection is ending
+
+    async def _dispatch(
+        self, link: AgentLink, requests: trio.MemoryReceiveChannel[Request]
+    ) -> None:
+        # One request at a time, in arrival order, as the Java MS's handler per link does.
+        async for request in requests:
+            first = request.commands[0]
+            if self.silent:
+                link.log.info("silent: request left unanswered", command=describe(first))
+                continue
+            try:
+                if isinstance(first, StartupRoutingCommand):
+                    await self._on_startup(link, request, first)
+                elif isinstance(first, PingCommand):
+                    await self._on_ping(link, request, first)
+                elif isinstance(first, ShutdownCommand):
+                    await self._on_shutdown(link, request, first)
+                else:
+                    link.log.info("request from agent", command=describe(first))
+                    await link.stream.respond(request, [Answer() for _ in request.commands])
+            except ConnectionLost:
+                return  # the reader reports why
+
+    async def _on_startup(
+        self, link: AgentLink, request: Request, startup: StartupRoutingCommand
+    ) -> None:
+        if not startup.guid:
+            link.log.warning("startup without a guid refused")
+            refusal = StartupAnswer(result=False, details="StartupRoutingCommand has no guid")
+            await link.stream.respond(request, [refusal for _ in request.commands])
+            return
+        guid = startup.guid
+        record = self.db.upsert_startup(
+            guid, startup.name or guid, startup.private_ip_address, dict(startup.host_details)
+        )
+        if link.guid is not None and link.guid != guid and self._links.get(link.guid) is link:
+            del self._links[link.guid]
+        previous = self._links.get(guid)
+        if previous is not None and previous is not link:
+            # The host came back on a new connection; the old one is stale (the Java MS
+            # disconnects the old attache as Removed).
+            previous.log.info("closing the older connection of a reconnected host")
+            previous.attached = previous.ready = False
+            link.nursery.start_soon(previous.stream.aclose)
+        link.guid, link.host_id, link.ready = guid, record.id, False
+        link.startups += 1
+        link.log = _log.bind(peer=link.stream.peer, host=guid, host_id=record.id)
+        self._links[guid] = link
+        link.log.info(
+            "host startup", name=record.name, private_ip=record.private_ip, secured=record.secured
+        )
+        # connectAgent: the StartupAnswer at once, before the host exists (id 0).
+        answer = StartupAnswer(
+            host_id=0,
+            host_name=record.name,
+            host_uuid=record.uuid,
+            ping_interval=self.ping_interval,
+            params=dict(self.params),
+            result=True,
+        )
+        await link.stream.respond(request, [answer for _ in request.commands])
+        link.stream.session.agent_id = record.id
+        self._notify()
+        # HandleAgentConnectTask: its own task, so that the reader keeps reading (pings).
+        record_at = trio.current_time()
+        link.nursery.start_soon(self._connect, link, record, request.commands, startup, record_at)
+
+    async def _connect(
+        self,
+        link: AgentLink,
+        record: HostRecord,
+        startups: Sequence[Message],
+        startup: StartupRoutingCommand,
+        startup_at: float,
+    ) -> None:
+        rec = ConnectRecord(record.guid, record.id, link.accepted_at, startup_at)
+        self.connects.append(rec)
+        ready = ReadyCommand(
+            host_id=record.id,
+            host_uuid=record.uuid,
+            host_name=record.name,
+            dc_id=self.zone.id,
+            enable_human_readable_sizes=True,
+            wait=int(self.ready_timeout),
+        )
+        # The host join lock: a second startup of the same host waits for this one.
+        async with self._join_locks.setdefault(record.guid, trio.Lock()):
+            if link.ended.is_set():
+                rec.outcome, rec.reason = "lost", "the connection ended before its turn"
+                return
+            refusal = self.refuse_ready or self._discoverer_refusal(startup, record)
+            if refusal is not None:
+                await self._fail(link, rec, Failure(HostEffect.REFUSED, refusal))
+                return
+            link.attached = True  # createAttacheForConnect
+            self.liveness.connected(record.id)  # BehindOnPingListener
+            failure = await connect.run_listeners(
+                self, link, rec, startups, host_name=record.name
+            ) or await connect.send_ready(self, link, rec, ready)
+            if failure is not None:
+                await self._fail(link, rec, failure)
+                return
+            self._transit(record.id, Event.READY)
+            link.ready = True
+            rec.outcome, rec.up_at = UP, trio.current_time()
+            link.log.info("host is up", connect_s=round(rec.up_at - rec.accepted_at, 3))
+            self._notify()
+        # handleConnectedAgent, after the lock: the prepared ReadyCommand once more, with the
+        # management server list when the agent's is not the MS's; the answer is not read.
+        second = ReadyCommand(
+            host_id=record.id,
+            host_uuid=record.uuid,
+            host_name=record.name,
+            dc_id=self.zone.id,
+            enable_human_readable_sizes=True,
+            avoid_ms_host_list=[],
+            lb_check_interval=self.lb_check_interval,
+            arch=startup.arch,
+        )
+        if self.ms_host_list and not self._same_ms_list(startup.ms_host_list):
+            second = attrs.evolve(
+                second, ms_host_list=list(self.ms_host_list), lb_algorithm=self.lb_algorithm
+            )
+        rec.steps.append(Step("ReadyCommand", 0, trio.current_time() - rec.accepted_at))
+        answer = await self.easy_send(link, second)
+        rec.steps[-1].verdict = verdict_for(second, answer)
+
+    def _same_ms_list(self, agent_list: str | None) -> bool:
+        """IndirectAgentLBServiceImpl.compareManagementServerListAndLBAlgorithm."""
+        if not agent_list:
+            return False
+        hosts, _, algorithm = agent_list.partition("@")
+        return algorithm == self.lb_algorithm and hosts.split(",") == self.ms_host_list
+
+    def _discoverer_refusal(self, startup: StartupRoutingCommand, record: HostRecord) -> str | None:
+        if not self.zone.listeners:
+            return None
+        first = next((r for r in self.db.all() if r.id != record.id and r.details), None)
+        cluster_os = first.details.get("Host.OS") if first is not None else None
+        return connect.host_os_refusal(startup, cluster_os, first is not None)
+
+    async def _fail(self, link: AgentLink, rec: ConnectRecord, failure: Failure) -> None:
+        rec.reason = failure.reason
+        if failure.effect is HostEffect.REFUSED:
+            rec.outcome = "refused"
+            link.log.info("host refused in ReadyCommand", reason=failure.reason)
+            refusal = ReadyCommand(details=failure.reason)
+            try:
+                submitted = await link.stream.submit([refusal])
+            except ConnectionLost:
+                return
+            link.nursery.start_soon(_drain, submitted)
+            return
+        event = Event.SHUTDOWN_REQUESTED
+        if failure.effect is HostEffect.ALERT:
+            event = Event.AGENT_DISCONNECTED
+        assert link.host_id is not None
+        await self._disconnect_link(link, event)
+        after = self.db.get(link.host_id)
+        rec.outcome = after.status if after is not None else None
+        link.log.warning(
+            "connect failed: the host is out and its connection closed; the ReadyCommand "
+            "with the reason cannot be sent on the closed link",
+            status=rec.outcome,
+            reason=failure.reason,
+        )
+
+    async def _on_ping(self, link: AgentLink, request: Request, ping: PingCommand) -> None:
+        if link.guid is not None and isinstance(ping, PingRoutingCommand):
+            self.vm_reports[link.guid] = dict(ping.host_vm_state_report)
+        send_startup = False
+        if link.host_id is not None and link.attached:
+            self.liveness.pinged(link.host_id)
+            self.db.touch(link.host_id)
+            record = self.db.get(link.host_id)
+            gateway = not isinstance(ping, PingRoutingCommand) or ping.gateway_accessible
+            send_startup = record is not None and record.status != UP and gateway
+        if self.request_startup_once:
+            send_startup, self.request_startup_once = True, False
+        if send_startup:
+            link.log.info("asking the agent to send its startup again")
+        answer = PingAnswer(command=to_json(ping), send_startup=send_startup)
+        await link.stream.respond(request, [answer for _ in request.commands])
+
+    async def _on_shutdown(
+        self, link: AgentLink, request: Request, shutdown: ShutdownCommand
+    ) -> None:
+        link.log.info("agent shutting down", reason=shutdown.reason, detail=shutdown.detail)
+        link.ready = False
+        # ShutdownCommand.Requested ("sig.kill"): disconnectWithoutInvestigation; other
+        # reasons change nothing until the connection ends.
+        if shutdown.reason == SHUTDOWN_REQUESTED and link.host_id is not None and link.attached:
+            link.attached = False
+            self.liveness.removed(link.host_id)
+            self._transit(link.host_id, Event.SHUTDOWN_REQUESTED)
+        self._notify()
+        # The Java MS sends no answer; the agent does not wait for one, but tests read it.
+        await link.stream.respond(request, [Answer() for _ in request.commands])
+
+    def _link_ended(self, link: AgentLink, stopping: bool) -> None:
+        link.ready = False
+        link.ended.set()
+        if link.guid is not None and self._links.get(link.guid) is link:
+            del self._links[link.guid]
+        host_id, attached, link.attached = link.host_id, link.attached, False
+        if host_id is not None and attached:
+            if stopping or self._nursery is None:
+                self._transit(host_id, Event.MANAGEMENT_SERVER_DOWN)
+            else:  # the agent went away: investigate, as AgentHandler's DISCONNECT does
+                self._nursery.start_soon(
+                    self.liveness.disconnect_with_investigation, host_id,
+                    Event.AGENT_DISCONNECTED, link,
+                )  # fmt: skip
+        self._notify()
+
+    # --- the host's status ----------------------------------------------------------
+
+    async def send_command(
+        self,
+        host: str | int,
+        commands: Sequence[Message],
+        *,
+        stop_on_error: bool = True,
+        timeout: float = 60,
+    ) -> tuple[Message, ...]:
+        """Send commands to a connected host (guid or id) and return its answers."""
+        if not commands:
+            raise ValueError("send_command needs at least one command")
+        link = self._link(host)
+        names = [describe(c) for c in commands]
+        link.log.info("sending commands", commands=names)
+        try:
+            response = await link.stream.request(
+                commands, stop_on_error=stop_on_error, timeout=timeout
+            )
+        except (RequestTimeout, ConnectionLost) as exc:
+            raise CommandError(f"{', '.join(names)} to {link.guid}: {exc}") from None
+        return response.answers
+
+    async def disconnect(self, host: str | int, *, timeout: float = 5) -> None:
+        """Close the host's connection, as the MS does to make an agent reconnect
+        (ShutdownRequested: the host is Disconnected until it comes back)."""
+        link = self._link(host)
+        link.log.info("disconnecting the agent")
+        if link.attached:
+            await self._disconnect_link(link, Event.SHUTDOWN_REQUESTED)
+        else:
+            await link.stream.aclose()
+        with trio.move_on_after(timeout):
+            await link.ended.wait()
+
+    async def migrate(
+        self, vm_name: str, source: str, destination: str, *, timeout: float = 600
+    ) -> Message:
+        """Live-migrate ``vm_name``: PrepareForMigration on the destination, then Migrate
+        on the source; returns the source's answer."""
+        return await migrate(self, vm_name, source, destination, timeout=timeout)
+
+
+async def _drain(submitted: Submitted) -> None:
+    """Wait for an answer nobody reads, so that it is not taken for a stray message."""
+    with contextlib.suppress(ConnectionLost, RequestTimeout):
+        await submitted.response(30)
+
+
+__all__ = ["ALERT", "CONNECTING", "DISCONNECTED", "UP", "ManagementServer", "Status", "succeeded"]
