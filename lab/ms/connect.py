@@ -44,6 +44,8 @@ from protocol.model import Command, Message
 MODIFY_STORAGE_POOL_WAIT: Final = 300  # DefaultHostListener.modifyStoragePoolCommandWait
 CHECK_NETWORK_WAIT: Final = 120  # CheckNetworkCommand's constructor
 READY_WAIT: Final = 60  # ready.command.wait
+CONNECTION_EXCEPTION: Final = "com.cloud.exception.ConnectionException"
+CLOUD_RUNTIME_EXCEPTION: Final = "com.cloud.utils.exception.CloudRuntimeException"
 CLEANUP_INTERVAL: Final = 1800  # SecurityGroupListener.MIN_TIME_BETWEEN_CLEANUPS
 # LibvirtServerDiscoverer.COMPATIBLE_HOST_OSES: these may share a cluster.
 COMPATIBLE_HOST_OSES: Final = frozenset(
@@ -186,7 +188,7 @@ async def run_listeners(
                 Step("StartupStorageCommand", 0, _after(server, record), verdict=verdict)
             )
             if verdict.host_effect is not HostEffect.NONE:
-                return Failure(verdict.host_effect, f"ConnectionException: {verdict.reason}")
+                return Failure(verdict.host_effect, thrown(verdict, record.host_id))
             continue
         if not isinstance(startup, StartupRoutingCommand) or startup.connection_transferred:
             continue
@@ -205,11 +207,11 @@ async def run_listeners(
                 wait=MODIFY_STORAGE_POOL_WAIT,
             )
             verdict = await _send(server, link, record, command)
-            if not verdict.ok:
+            if not verdict.ok:  # StoragePoolMonitor wraps every failure
                 return Failure(
                     HostEffect.ALERT,
-                    f"com.cloud.exception.ConnectionException: Unable to connect host {host_name} "
-                    f"to storage pool {pool.name} due to {verdict.reason}",
+                    f"{CONNECTION_EXCEPTION}: Unable to connect host {host_name} to storage "
+                    f"pool {pool.name} due to {verdict.reason}",
                 )
             server.attach_pool(
                 PoolHostRef(
@@ -227,10 +229,7 @@ async def run_listeners(
         )
         verdict = await _send(server, link, record, check)
         if not verdict.ok:
-            effect = verdict.host_effect
-            if effect is HostEffect.NONE:
-                effect = HostEffect.ALERT
-            return Failure(effect, f"com.cloud.exception.ConnectionException: {verdict.reason}")
+            return Failure(verdict.host_effect, thrown(verdict, record.host_id))
         # AgentManagerImpl.SetHostParamsListener and SshKeysDistriMonitor, asynchronously.
         await _send_async(server, link, record, SetHostParamsCommand(params=dict(zone.host_params)))
         keys = ModifySshKeysCommand(pub_key=zone.ssh_public_key, prv_key=zone.ssh_private_key)
@@ -246,6 +245,15 @@ async def send_ready(
     if verdict.ok:
         return None
     return Failure(verdict.host_effect, verdict.reason)
+
+
+def thrown(verdict: MsVerdict, host_id: int) -> str:
+    """The exception notifyMonitorsOfConnection ends with: a listener's
+    ConnectionException as it is, anything else (a ClassCastException, a
+    NullPointerException) wrapped in "Unable to connect <host id>"."""
+    if verdict.reason.startswith(("ClassCastException", "NullPointerException")):
+        return f"{CLOUD_RUNTIME_EXCEPTION}: Unable to connect {host_id} ({verdict.reason})"
+    return f"{CONNECTION_EXCEPTION}: {verdict.reason}"
 
 
 def _after(server: ConnectServer, record: ConnectRecord) -> float:

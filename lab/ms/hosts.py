@@ -80,6 +80,8 @@ class HostTable:
         """handleDisconnectWithoutInvestigation: transition, remove the agent, close."""
         assert link.host_id is not None
         link.attached = link.ready = False
+        if link.guid is not None and self._links.get(link.guid) is link:
+            del self._links[link.guid]  # removeAgent
         self.liveness.removed(link.host_id)
         self._transit(link.host_id, event)
         await link.stream.aclose()
