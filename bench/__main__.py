@@ -13,7 +13,7 @@ from typing import Any
 import trio
 
 from agent import logs
-from bench import burst, codec, migration, session
+from bench import burst, codec, migration, session, zone
 from lab.hosts import lab_unavailable
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -57,6 +57,13 @@ def main() -> int:
     else:
         results["migration"] = trio.run(migration.run)
         migration.print_table(results["migration"])
+    print("\n== zone (two-host lab, the real connect sequence, statistics cycle) ==")
+    if reason:
+        print(f"skipped: {reason}")
+        results["zone"] = {"skipped": reason}
+    else:
+        results["zone"] = trio.run(zone.run)
+        zone.print_table(results["zone"])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwritten to {RESULTS}")

@@ -50,7 +50,18 @@ class LabCloud:
 
     # --- management servers ---------------------------------------------------------
 
-    def start_ms(self, name: str, host: str, *, ping_interval: int = 2) -> MsProcess:
+    def start_ms(
+        self,
+        name: str,
+        host: str,
+        *,
+        ping_interval: int = 2,
+        zone: str = "lab",
+        stats_interval: float = 0,
+    ) -> MsProcess:
+        """A lab MS in ``host``'s network namespace. ``zone="lab"``: the real connect
+        sequence with the lab's traffic labels and shared pool (``"bare"``: ReadyCommands
+        only); ``stats_interval``: the statistics cycle every that many seconds."""
         directory = self.base / name
         directory.mkdir(parents=True, exist_ok=True)
         if not (directory / "ca").exists():
@@ -68,6 +79,10 @@ class LabCloud:
                 str(directory),
                 "--ping-interval",
                 str(ping_interval),
+                "--zone",
+                zone,
+                "--stats-interval",
+                str(stats_interval),
             ],
             cwd=ROOT,
             stdout=(self.base / f"{name}.log").open("ab"),
@@ -170,6 +185,30 @@ class LabCloud:
                 ):
                     return host
                 await trio.sleep(poll)
+
+    async def control(self, request: dict[str, Any], *, ms: str | None = None) -> dict[str, Any]:
+        """One control request; RuntimeError with the MS's text if it failed."""
+        reply = await control_request(self._ms(ms).control, request)
+        if not reply.get("ok"):
+            raise RuntimeError(f"{request.get('op')}: {reply.get('error')}")
+        return reply
+
+    async def connects(self, name: str, *, ms: str | None = None) -> list[dict[str, Any]]:
+        """Each run of the connect sequence for host ``name``, oldest first."""
+        reply = await self.control({"op": "connects"}, ms=ms)
+        return [c for c in reply["connects"] if c["guid"] == name + GUID_SUFFIX]
+
+    async def stats(self, *, ms: str | None = None) -> dict[str, Any]:
+        """What the MS's statistics cycle collected (host stats by guid, VMs, pools...)."""
+        return dict((await self.control({"op": "stats"}, ms=ms))["stats"])
+
+    async def track_volume(self, pool: str, path: str, vm: str, *, ms: str | None = None) -> None:
+        """Tell the MS that ``path`` on ``pool`` is a volume of ``vm`` (volume statistics)."""
+        await self.control({"op": "track_volume", "pool": pool, "path": path, "vm": vm}, ms=ms)
+
+    async def disconnect(self, name: str, *, ms: str | None = None) -> None:
+        """The MS closes the host's connection (the agent comes back after its back-off)."""
+        await self.control({"op": "disconnect", "host": name + GUID_SUFFIX}, ms=ms)
 
     async def send(
         self, name: str, item: dict[str, Any], *, ms: str | None = None, timeout: float = 120

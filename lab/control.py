@@ -10,7 +10,10 @@ line. Commands and answers travel as body items, ``{"<java class>": {fields}}``:
   -> ``{"ok": true, "answer": item}``
 * ``{"op": "connects"}`` -> ``{"ok": true, "connects": [each run of the connect sequence]}``
 * ``{"op": "stats"}`` -> ``{"ok": true, "stats": {what the statistics cycle collected}}``
+* ``{"op": "latencies", "since": t, "until": t}`` -> ``{"ok": true, "latencies": {command:
+  [seconds]}}``: answer times of the statistics commands sent between those wall-clock times
 * ``{"op": "track_volume", "pool": UUID, "path": PATH, "vm": NAME}`` -> ``{"ok": true}``
+* ``{"op": "disconnect", "host": GUID_OR_ID}`` -> ``{"ok": true}`` (the MS closes the link)
 
 Any failure is ``{"ok": false, "error": "..."}``.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import socket
@@ -154,6 +158,16 @@ class ControlServer:
             return {"connects": [c.summary() for c in self.ms.connects]}
         if op == "stats":
             return {"stats": self.ms.stats.summary()}
+        if op == "latencies":
+            since, until = request.get("since", 0), request.get("until", math.inf)
+            if not all(
+                isinstance(t, int | float) and not isinstance(t, bool) for t in (since, until)
+            ):
+                raise ControlError("request fields 'since' and 'until' must be numbers")
+            return {"latencies": self.ms.stats.latencies(since, until)}
+        if op == "disconnect":
+            await self.ms.disconnect(_field(request, "host", (str, int)))
+            return {}
         if op == "track_volume":
             self.ms.track_volume(
                 _field(request, "pool", str),

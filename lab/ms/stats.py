@@ -13,7 +13,9 @@ of each pool, ``StorageManager.sendToPool``). Every answer goes through the MS's
 from __future__ import annotations
 
 import collections
+import math
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol
 
@@ -60,6 +62,7 @@ class Sample:
     """One statistics command: which host, how long its answer took, the MS's verdict."""
 
     at: float  # trio time the command left
+    wall: float  # the same, as time.time() (for callers in other processes)
     guid: str
     command: str
     seconds: float
@@ -102,9 +105,8 @@ class StatsCollector:
         answer = await self.server.easy_send_host(host.id, command)
         verdict = verdict_for(command, answer)
         name = command.java_class.rsplit(".", 1)[-1]
-        self.samples.append(
-            Sample(started, host.guid, name, trio.current_time() - started, verdict)
-        )
+        took = trio.current_time() - started
+        self.samples.append(Sample(started, time.time() - took, host.guid, name, took, verdict))
         if not verdict.ok:
             _log.warning("no statistics", host=host.guid, command=name, reason=verdict.reason)
         return verdict
@@ -155,9 +157,14 @@ class StatsCollector:
             if verdict.ok:
                 self.pool_stats[pool.uuid] = dict(verdict.read)
 
-    def latencies(self, since: float = -float("inf"), until: float = float("inf")) -> list[float]:
-        """Answer times (s) of the commands sent in [since, until]."""
-        return [s.seconds for s in self.samples if since <= s.at <= until]
+    def latencies(self, since: float = 0, until: float = math.inf) -> dict[str, list[float]]:
+        """Answer times (s) by command, of the commands sent between the wall-clock times
+        ``since`` and ``until``."""
+        found: dict[str, list[float]] = {}
+        for s in self.samples:
+            if since <= s.wall <= until:
+                found.setdefault(s.command, []).append(s.seconds)
+        return found
 
     def summary(self) -> dict[str, Any]:
         failed = [s for s in self.samples if not s.verdict.ok]
@@ -165,14 +172,13 @@ class StatsCollector:
             "interval_s": self.interval,
             "cycles": dict(self.cycles),
             "commands": len(self.samples),
+            "failed_count": len(failed),
             "failed": [
                 {"host": s.guid, "command": s.command, "reason": s.verdict.reason}
                 for s in failed[-20:]
             ],
-            "failed_count": len(failed),
             "host": self.host_stats,
             "vm": self.vm_stats,
             "volume": self.volume_stats,
             "storage": self.pool_stats,
-            "latency_s": {s.command: round(s.seconds, 4) for s in list(self.samples)[-8:]},
         }
