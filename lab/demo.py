@@ -2,7 +2,9 @@
 
 Two lab management servers (MS1 in host A's network namespace, MS2 in host B's), two
 hypervisor hosts with their own libvirtd and QEMU, one agent per host. The agents register
-unsecured; certificates are provisioned in-band; libvirtd takes them once the agents are
+unsecured and reach Up through a 4.21 MS's connect sequence (the shared primary pool attached
+on both hosts, the traffic labels checked), then the MS's statistics cycle runs; certificates
+are provisioned in-band; libvirtd takes them once the agents are
 idle; the agents register again as secured; a VM migrates A -> B over qemu+tls with QEMU
 native TLS while a packet capture looks for the guest's memory on the wire; MS1 is
 killed and the agents move to MS2; the VM migrates back B -> A through MS2.
@@ -26,15 +28,57 @@ from agent import logs
 from lab.ca import LAB_CA_DIRNAME, LabCA
 from lab.cloud import LabCloud
 from lab.hosts import DEFAULT_WORKDIR, Lab, count_marker, lab_unavailable
+from lab.storage import SHARED_POOL_PATH
 
 VM = "guest1"
 WORKDIR = DEFAULT_WORKDIR
+STATS_INTERVAL = 1.0  # the MS's statistics cycle (60 s in a real MS)
 _START = time.monotonic()
 
 
 def say(text: str) -> None:
     elapsed = time.monotonic() - _START
     print(f"[{int(elapsed // 60):02d}:{elapsed % 60:05.2f}] {text}", flush=True)
+
+
+def _gib(size: float) -> str:
+    return f"{size / 2**30:.1f} GiB"
+
+
+async def _show_up(cloud: LabCloud, name: str, ms: str) -> float:
+    """One line: the host Up, how long after its TCP connect, through which commands."""
+    (*_, connect) = [c for c in await cloud.connects(name, ms=ms) if c["outcome"] == "Up"]
+    steps = [s["command"].removesuffix("Command").removesuffix("Cmd") for s in connect["steps"]]
+    seconds = float(connect["connect_to_up_s"])
+    say(
+        f"host {name.upper()} Up {seconds * 1000:.0f} ms after its TCP connect: {' > '.join(steps)}"
+    )
+    return seconds
+
+
+async def _show_pool_and_stats(cloud: LabCloud, ms: str) -> dict[str, Any]:
+    """The shared pool as both hosts attached it, and the first statistics of the cycle."""
+    hosts = await cloud.hosts(ms)
+    pools = {name: host["pools"] for name, host in hosts.items()}
+    with trio.fail_after(30):
+        while True:
+            stats = await cloud.stats(ms=ms)
+            if stats["storage"] and len(stats["host"]) == len(hosts):
+                break
+            await trio.sleep(0.2)
+    (pool_uuid, pool), *_ = stats["storage"].items()
+    on = " and ".join(n.upper() for n, p in pools.items() if pool_uuid in p)
+    say(
+        f"pool {pool_uuid[:8]} (SharedMountPoint {SHARED_POOL_PATH}) attached on {on}: "
+        f"{_gib(pool['capacityBytes'])}, {_gib(pool['usedBytes'])} used"
+    )
+    for guid, host in sorted(stats["host"].items()):
+        total, free = host["totalMemoryKBs"] * 1024, host["freeMemoryKBs"] * 1024
+        say(
+            f"stats {guid.split('-')[0].upper()}: cpu {host['cpuUtilization']:.1f} %, "
+            f"load {host['averageLoad']:.2f}, memory {_gib(free)} free of {_gib(total)}"
+        )
+    return stats
 
 
 def _flags(secured: dict[str, bool]) -> str:
@@ -88,19 +132,21 @@ async def full_story(base: Path) -> list[tuple[str, str]]:
     )
     cloud = LabCloud(lab, base, ca)
     try:
-        cloud.start_ms("ms1", "a")
-        cloud.start_ms("ms2", "b")
+        cloud.start_ms("ms1", "a", stats_interval=STATS_INTERVAL)
+        cloud.start_ms("ms2", "b", stats_interval=STATS_INTERVAL)
         say(f"MS1 on {cloud.mses['ms1'].address}, MS2 on {cloud.mses['ms2'].address}, one CA")
         t = time.monotonic()
         for name in ("a", "b"):
             cloud.start_agent(name)
+        ups = []
         for name in ("a", "b"):
-            host = await cloud.wait_host(name, ms="ms1")
-            say(
-                f"agent {name.upper()} registered with MS1 as host {host['id']}: "
-                f"secured={host['secured']}"
-            )
-        summary.append(("agents registered", f"{time.monotonic() - t:.2f} s"))
+            host = await cloud.wait_host(name, ms="ms1", timeout=60)
+            ups.append(await _show_up(cloud, name, "ms1"))
+            say(f"  registered with MS1 as host {host['id']}: secured={host['secured']}")
+        summary.append(("agents registered and Up", f"{time.monotonic() - t:.2f} s"))
+        summary.append(("TCP connect -> Up (A, B)", ", ".join(f"{u * 1000:.0f} ms" for u in ups)))
+        stats = await _show_pool_and_stats(cloud, "ms1")
+        summary.append(("hosts with statistics", str(len(stats["host"]))))
         summary.append(("secured before provisioning", "A=false, B=false"))
 
         await trio.to_thread.run_sync(lambda: lab.hosts["a"].define_guest(VM))
@@ -136,8 +182,8 @@ async def full_story(base: Path) -> list[tuple[str, str]]:
         for name in ("a", "b"):
             await cloud.wait_host(name, ms="ms2", secured=True, poll=0.02)
         failover = time.monotonic() - killed
-        say(f"both agents registered with MS2 {failover * 1000:.0f} ms after MS1 died")
-        summary.append(("failover MS1 -> MS2 (both agents)", f"{failover * 1000:.0f} ms"))
+        say(f"both agents Up on MS2 {failover * 1000:.0f} ms after MS1 died")
+        summary.append(("failover MS1 -> MS2, both Up", f"{failover * 1000:.0f} ms"))
 
         say("migrating B -> A through MS2")
         _, took, markers2 = await _migrate(cloud, lab, "b", "a", "ms2", base / "tls-ba.pcap")
@@ -158,7 +204,7 @@ async def test_driver_story(base: Path) -> list[tuple[str, str]]:
     """What runs without root: one agent on libvirt's test driver, two MSes, failover."""
     from agent.config import AgentConfig, host_guid
     from agent.daemon.app import Agent
-    from lab.mgmt import ManagementServer
+    from lab.ms import ManagementServer
     from protocol.messages.host import CheckHealthCommand, StartupRoutingCommand
 
     guid = host_guid("demo-host")
