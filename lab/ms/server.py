@@ -302,6 +302,8 @@ class ManagementServer(HostTable):
             if refusal is not None:
                 await self._fail(link, rec, Failure(HostEffect.REFUSED, refusal))
                 return
+            # AgentConnected: a host that was Up (a startup again on its link) reconnects.
+            self._transit(record.id, Event.AGENT_CONNECTED)
             link.attached = True  # createAttacheForConnect
             self.liveness.connected(record.id)  # BehindOnPingListener
             failure = await connect.run_listeners(
