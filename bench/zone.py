@@ -66,9 +66,20 @@ async def _reconnect(cloud: LabCloud, name: str) -> float:
     return float(ups[-1])
 
 
-async def _latencies(cloud: LabCloud, since: float, until: float) -> list[float]:
+async def _latencies(cloud: LabCloud, since: float, until: float) -> dict[str, list[float]]:
+    """Answer times by command (GetHostStatsCommand...) between two wall-clock times."""
     reply = await cloud.control({"op": "latencies", "since": since, "until": until})
-    return [s for values in reply["latencies"].values() for s in values]
+    return {k: list(v) for k, v in reply["latencies"].items()}
+
+
+def _merge(into: dict[str, list[float]], more: dict[str, list[float]]) -> None:
+    for command, values in more.items():
+        into.setdefault(command, []).extend(values)
+
+
+def _by_command(latencies: dict[str, list[float]]) -> dict[str, float]:
+    """p99 (ms) of each command."""
+    return {k.removesuffix("Command"): _ms(percentile(v, 99)) for k, v in sorted(latencies.items())}
 
 
 def _figures(prefix: str, values: Sequence[float]) -> dict[str, Any]:
@@ -130,14 +141,16 @@ async def run(reconnects: int = RECONNECTS, migrations: int = MIGRATIONS) -> dic
         idle_from = time.time()
         await trio.sleep(busy)
         idle = await _latencies(cloud, idle_from, time.time())
-        during: list[float] = []
+        during: dict[str, list[float]] = {}
         for since, until in migrating:
-            during += await _latencies(cloud, since, until)
+            _merge(during, await _latencies(cloud, since, until))
         out["stats_interval_s"] = STATS_INTERVAL
         out["migrations"] = migrations
         out["migrating_s"] = round(busy, 2)
-        out |= _figures("stats_during_migration", during)
-        out |= _figures("stats_idle", idle)
+        out |= _figures("stats_during_migration", [s for v in during.values() for s in v])
+        out["stats_during_migration_p99_ms_by_command"] = _by_command(during)
+        out |= _figures("stats_idle", [s for v in idle.values() for s in v])
+        out["stats_idle_p99_ms_by_command"] = _by_command(idle)
         summary = await cloud.stats()
         out["stats_failed"] = summary["failed_count"]
     finally:

@@ -119,7 +119,7 @@ class LabCloud:
         props = home / "agent.properties"
         props.write_text(
             f"guid={name}\nhost={hosts}\ncert.dir={certs}\nstate.dir={home / 'state'}\n"
-            f"private.network.device={host.bridge}\n"
+            f"private.network.device={host.bridge}\nssh.keys.dir={home / 'ssh'}\n"
             "backoff.seconds=1\nping.retries=3\nlog.level=debug\n"
         )
         self.agents[name] = host.popen(

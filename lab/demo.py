@@ -67,7 +67,7 @@ async def _show_pool_and_stats(cloud: LabCloud, ms: str) -> dict[str, Any]:
                 break
             await trio.sleep(0.2)
     (pool_uuid, pool), *_ = stats["storage"].items()
-    on = " and ".join(n.upper() for n, p in pools.items() if pool_uuid in p)
+    on = " and ".join(sorted(n.upper() for n, p in pools.items() if pool_uuid in p))
     say(
         f"pool {pool_uuid[:8]} (SharedMountPoint {SHARED_POOL_PATH}) attached on {on}: "
         f"{_gib(pool['capacityBytes'])}, {_gib(pool['usedBytes'])} used"

@@ -355,7 +355,11 @@ async def test_a_real_agent_with_its_check_network_handler_replaced(
     handlers = HandlerRegistry.with_builtins()
     handlers.register(CheckNetworkCommand, check_network)
     async with running_ms(tmp_path, ping_interval=1, zone=Zone()) as ms:
-        config = agent_config(tmp_path, f"127.0.0.1:{ms.port}", agent_dir(tmp_path, ms.ca))
+        # ModifySshKeysCommand's keys go to the test's directory, not the machine's /root.
+        overrides = {"ssh.keys.dir": str(tmp_path / "ssh")}
+        config = agent_config(
+            tmp_path, f"127.0.0.1:{ms.port}", agent_dir(tmp_path, ms.ca), **overrides
+        )
         async with running_agent(config, handlers):
             if answer == "CheckNetworkAnswer":
                 await ms.wait_for_host(guid_of("agent1"), timeout=20)

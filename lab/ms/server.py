@@ -378,8 +378,9 @@ class ManagementServer(HostTable):
         )
 
     async def _on_ping(self, link: AgentLink, request: Request, ping: PingCommand) -> None:
-        if link.guid is not None and isinstance(ping, PingRoutingCommand):
-            self.vm_reports[link.guid] = dict(ping.host_vm_state_report)
+        report = ping.host_vm_state_report if isinstance(ping, PingRoutingCommand) else None
+        if link.guid is not None and report is not None:  # none: the real MS skips the sync
+            self.vm_reports[link.guid] = dict(report)
         send_startup = False
         if link.host_id is not None and link.attached:
             self.liveness.pinged(link.host_id)
