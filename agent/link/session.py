@@ -17,7 +17,13 @@ from attrs import frozen
 
 from agent.config import AgentConfig, backoff_from_ms
 from agent.handlers import HandlerRegistry
-from agent.handlers.context import AgentLifecycle, CommandContext, MsListControl, TlsReload
+from agent.handlers.context import (
+    AgentLifecycle,
+    CommandContext,
+    HostParamsControl,
+    MsListControl,
+    TlsReload,
+)
 from agent.hypervisor.connection import Hypervisor
 from agent.hypervisor.migration.engine import Migrations
 from agent.hypervisor.vmstate import vm_state_report
@@ -90,6 +96,9 @@ class AgentServices(Protocol):
 
     @property
     def tls_reload(self) -> TlsReload: ...
+
+    @property
+    def host_params(self) -> HostParamsControl: ...
 
 
 class AgentSession:
@@ -326,6 +335,7 @@ class AgentSession:
                 ms_list=services.ms_list,
                 lifecycle=services.lifecycle,
                 tls_reload=services.tls_reload,
+                host_params=services.host_params,
             )
             try:
                 answer = await handler(command, ctx)
