@@ -76,6 +76,15 @@ class HostParams:
         """``config`` (as read from agent.properties) with the MS's values over it."""
         return attrs.evolve(config, **self._overrides) if self._overrides else config
 
+    def shadowed(self, config: AgentConfig) -> dict[str, Any]:
+        """agent.properties keys whose value in ``config`` the MS's overrides hide:
+        key -> {"file": ..., "in_force": ...} (for the reload's log)."""
+        hidden = {}
+        for attr, prop, _parse in APPLIED.values():
+            if attr in self._overrides and getattr(config, attr) != self._overrides[attr]:
+                hidden[prop] = {"file": getattr(config, attr), "in_force": self._overrides[attr]}
+        return hidden
+
     def apply(self, params: Mapping[str, str]) -> Applied:
         """Take the MS's values and install the resulting configuration at once."""
         changed: dict[str, Any] = {}

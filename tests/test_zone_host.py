@@ -279,9 +279,18 @@ async def test_the_ms_migration_wait_wins_over_agent_properties_until_restart(
             # SIGHUP with a new vm.migrate.wait and new workers: the workers change, the
             # MS's migration wait stays, in one configuration.
             _write_props(props, tmp_path, ms.port, certs, workers="2", **{"vm.migrate.wait": "60"})
-            await agent.reload()
+            with captured_logs() as logbuf:
+                await agent.reload()
             await ask(ms, MigrateCommand(vm_name="v", dest_ip="10.0.0.2"))
             assert agent.migrations.config.migrate_wait == 7
+            said = [json.loads(line) for line in logbuf.getvalue().splitlines()]
+            assert {
+                "key": "vm.migrate.wait",
+                "file": 60,
+                "in_force": 7,
+            }.items() <= next(
+                e for e in said if "overridden by the management" in e["event"]
+            ).items()
             # A value that is no number is refused, and the one in force stays.
             refused = await ask(ms, SetHostParamsCommand(params={"migratewait": "soon"}))
             await ask(ms, MigrateCommand(vm_name="v", dest_ip="10.0.0.2"))

@@ -196,6 +196,8 @@ class Agent:
         for key in restart:
             log.warning("configuration key changed; it needs a restart to take effect", key=key)
         # The MS's values (SetHostParamsCommand) win until restart; laid over in the same swap.
+        for key, values in self.host_params.shadowed(new).items():
+            log.info("configuration key overridden by the management server", key=key, **values)
         new = self.host_params.effective(new)
         # One swap: from here on every reader gets the new configuration whole.
         self.config = new
