@@ -6,6 +6,8 @@ VM report while libvirtd goes away and comes back. Each answer is judged as the 
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -277,6 +279,28 @@ async def test_the_vm_report_while_libvirtd_goes_away_and_comes_back(
                 )
                 again = next(
                     p.host_vm_state_report for p in _pings(ms, started) if p.host_vm_state_report
+                )
+                # A libvirtd that hangs (stopped, not gone): the pings still go out on time,
+                # without a report, instead of waiting for it.
+                pid = a.daemons.pid("libvirtd")
+                assert pid is not None
+                os.kill(pid, signal.SIGSTOP)
+                try:
+                    frozen = len(ms.received)
+                    await _until(
+                        lambda: (
+                            sum(p.host_vm_state_report is None for p in _pings(ms, frozen)) >= 2
+                        ),
+                        10,
+                        "two pings without a report from a hung libvirtd",
+                    )
+                finally:
+                    os.kill(pid, signal.SIGCONT)
+                thawed = len(ms.received)
+                await _until(
+                    lambda: any(p.host_vm_state_report for p in _pings(ms, thawed)),
+                    40,
+                    "a report once libvirtd answers again",
                 )
     finally:
         if not a.libvirtd_running():

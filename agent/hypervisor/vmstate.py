@@ -97,12 +97,15 @@ def graphics_port(xml: str) -> int | None:
     return port if port > 0 else None
 
 
-async def vm_state_report(hypervisor: Hypervisor) -> dict[str, HostVmStateReportEntry] | None:
+async def vm_state_report(
+    hypervisor: Hypervisor, *, timeout: float
+) -> dict[str, HostVmStateReportEntry] | None:
     """The ping's ``_hostVmStateReport``: the PowerOn domains; None while libvirt cannot be
-    asked. Never an empty map for want of an answer: the MS would take it as "every VM of
-    this host stopped" and stop or restart them all; None makes it skip the sync."""
+    asked or does not answer within ``timeout`` s (the ping goes out on time). Never an
+    empty map for want of an answer: the MS would take it as "every VM of this host
+    stopped" and stop or restart them all; None makes it skip the sync."""
     try:
-        vms = await hypervisor.call(host_vms)
+        vms = await hypervisor.peek(host_vms, timeout=timeout)
     except HypervisorError:
         return None
     return {

@@ -260,13 +260,15 @@ class AgentSession:
 
     async def _ping_command(self, out_of_band: bool) -> PingRoutingCommand:
         # No report (not an empty one, not the last one) while libvirt cannot be asked.
-        report = await vm_state_report(self.services.hypervisor)
+        report = await vm_state_report(
+            self.services.hypervisor, timeout=max(1.0, self.ping_interval / 2)
+        )
         if (report is None) != self._no_vm_report:
             self._no_vm_report = report is None
             if report is None:
                 self.log.warning(
                     "libvirt unreachable: pings carry no VM report until it is back",
-                    error=self.services.hypervisor.last_error,
+                    error=self.services.hypervisor.last_error or "libvirtd does not answer",
                 )
             else:
                 self.log.info("libvirt reachable again: pings carry the VM report")
