@@ -312,8 +312,9 @@ class ManagementServer:
         self._notify()
 
     async def _on_ping(self, link: _AgentLink, request: Request, ping: PingCommand) -> None:
-        if link.guid is not None and isinstance(ping, PingRoutingCommand):
-            self.vm_reports[link.guid] = dict(ping.host_vm_state_report)
+        report = ping.host_vm_state_report if isinstance(ping, PingRoutingCommand) else None
+        if link.guid is not None and report is not None:  # none: the real MS skips the sync
+            self.vm_reports[link.guid] = dict(report)
         if link.host_id is not None:
             self.db.touch(link.host_id)
         send_startup, self.request_startup_once = self.request_startup_once, False
