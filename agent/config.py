@@ -213,6 +213,7 @@ _KEYS: dict[str, tuple[str | None, Any, str | None]] = {
     "libvirtd.reload": ("libvirtd_reload", _str, "auto"),
     "pki.root": ("pki_root", _str, "/"),
     "keystore.passphrase": (None, _str, ""),  # a Java keystore's; PEM files need none
+    "ssh.keys.dir": ("ssh_keys_dir", _str, "/root/.ssh"),  # ModifySshKeysCommand's keys
 }
 # What SIGHUP applies (listed in etc/agent.properties); any other key keeps its value until
 # a restart, and a change to it is logged as needing one. Identity, the hypervisor
@@ -274,6 +275,7 @@ class AgentConfig:
     cert_expiry_warn_days: int
     libvirtd_reload: str
     pki_root: Path
+    ssh_keys_dir: Path
 
     @property
     def host_guid(self) -> str:
@@ -301,6 +303,7 @@ class AgentConfig:
         values["cert_dir"] = cert_dir_of(props, path)
         values["state_dir"] = Path(values["state_dir"])
         values["pki_root"] = Path(values["pki_root"] or "/")
+        values["ssh_keys_dir"] = Path(values["ssh_keys_dir"] or "/root/.ssh")
         if values["libvirtd_reload"] not in _RELOAD_MODES:
             raise ConfigError(
                 f"invalid value for 'libvirtd.reload': {values['libvirtd_reload']!r} "

@@ -51,9 +51,19 @@ def roundtrip(messages: Sequence[Message]) -> list[Message]:
 
 
 def test_ping_body_exact_bytes() -> None:
+    # The spec's ping carries an empty report ("no VM runs here"); the default is no report.
+    ping = PingRoutingCommand(host_id=5, host_vm_state_report={})
     assert len(PING_BODY) == 224
-    assert encode_messages([PingRoutingCommand(host_id=5)]) == PING_BODY
-    assert decode_body(PING_BODY, length=224, compressed=False) == [PingRoutingCommand(host_id=5)]
+    assert encode_messages([ping]) == PING_BODY
+    assert decode_body(PING_BODY, length=224, compressed=False) == [ping]
+
+
+def test_a_ping_without_a_report_leaves_the_field_out() -> None:
+    # Gson omits a null map: the MS then skips its VM state sync for this ping.
+    body = encode_messages([PingRoutingCommand(host_id=5)])
+    assert b"_hostVmStateReport" not in body
+    (ping,) = decode_body(body, length=len(body), compressed=False)
+    assert isinstance(ping, PingRoutingCommand) and ping.host_vm_state_report is None
 
 
 @pytest.mark.parametrize("body", [JUNK_COMMAND, S2S_ANSWER])

@@ -73,7 +73,7 @@ async def test_a_vm_starting_sends_an_out_of_band_ping(tmp_path: Path) -> None:
                 lambda _g, r: (
                     isinstance(r.commands[0], PingRoutingCommand)
                     and r.commands[0].out_of_band
-                    and "oob1" in r.commands[0].host_vm_state_report
+                    and "oob1" in (r.commands[0].host_vm_state_report or {})
                 ),
                 timeout=5,
             )

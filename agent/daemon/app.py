@@ -30,6 +30,7 @@ from agent.daemon.shutdown import CLEANUP_SECONDS, Shutdown, end_session, let_wo
 from agent.daemon.signals import receive_signals, watchdog
 from agent.daemon.supervisor import Supervisor
 from agent.handlers import HandlerRegistry
+from agent.hostparams import HostParams
 from agent.hypervisor.connection import Hypervisor
 from agent.hypervisor.events import DomainEvent
 from agent.hypervisor.migration.engine import Migrations
@@ -75,6 +76,8 @@ class Agent:
             lambda: self.tasks.in_flight,
             self._register_again,
         )
+        # The MS's SetHostParamsCommand values, laid over every configuration installed.
+        self.host_params = HostParams(lambda: self.config, self._install_config)
         self.supervisor = Supervisor(self, self.ms_list, self.notifier, connector=connector)
         self.handle_signals = handle_signals
         self.tasks: TaskQueue = None  # type: ignore[assignment]  # set by run()
@@ -170,6 +173,11 @@ class Agent:
             log.info("registering again with the new certificate")
             self.session.finish(OutcomeKind.RECONNECT, "new certificate installed")
 
+    def _install_config(self, new: AgentConfig) -> None:
+        """A configuration with the MS's host parameters: one swap, as a reload does."""
+        self.config = new
+        self.migrations.apply(new)
+
     def _on_domain_event(self, event: DomainEvent) -> None:
         # A VM started or stopped (a migration included): tell the MS now, not at the next ping.
         if event.kind.changes_power_state and self.session is not None:
@@ -187,6 +195,10 @@ class Agent:
         new, restart = self.config.apply_reload(read)
         for key in restart:
             log.warning("configuration key changed; it needs a restart to take effect", key=key)
+        # The MS's values (SetHostParamsCommand) win until restart; laid over in the same swap.
+        for key, values in self.host_params.shadowed(new).items():
+            log.info("configuration key overridden by the management server", key=key, **values)
+        new = self.host_params.effective(new)
         # One swap: from here on every reader gets the new configuration whole.
         self.config = new
         logs.set_level(new.log_level)

@@ -8,12 +8,13 @@ a room's needs are written down where its handlers are, and no handler can reach
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from attrs import frozen
 
 from agent.config import AgentConfig
+from agent.hostparams import Applied
 from agent.hypervisor.connection import Hypervisor
 from agent.hypervisor.migration.engine import Migrations
 from protocol.messages.host import ReadyCommand
@@ -60,6 +61,12 @@ class TlsReload(Protocol):
         ...
 
 
+class HostParamsControl(Protocol):
+    def apply(self, params: Mapping[str, str]) -> Applied:
+        """SetHostParamsCommand's values: installed over agent.properties' until restart."""
+        ...
+
+
 @frozen
 class CommandContext:
     """One per command. ``config`` is the configuration as the command started: one command
@@ -73,6 +80,7 @@ class CommandContext:
     ms_list: MsListControl
     lifecycle: AgentLifecycle
     tls_reload: TlsReload
+    host_params: HostParamsControl
 
     def end_session(self, reason: str, *, retry_same_host_later: bool) -> None:
         """End the session once this command's answer has been sent."""

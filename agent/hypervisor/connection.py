@@ -215,6 +215,14 @@ class Hypervisor:
         """Run ``fn(conn)`` in a worker thread; libvirt's error is read in that thread."""
         return await self._call(fn, self.limiter, abandon_on_cancel=False)
 
+    async def peek(self, fn: Callable[[Any], _T], *, timeout: float) -> _T:
+        """A call that only reads, bounded: HypervisorError after ``timeout`` s, its thread
+        left to return on its own (it changes nothing). For what must not wait on a stuck
+        libvirtd: the ping."""
+        with trio.move_on_after(timeout):
+            return await self._call(fn, self.limiter, abandon_on_cancel=True)
+        raise HypervisorError(f"libvirtd did not answer within {timeout:g}s")
+
     async def _call(
         self, fn: Callable[[Any], _T], limiter: trio.CapacityLimiter, *, abandon_on_cancel: bool
     ) -> _T:

@@ -17,9 +17,16 @@ from attrs import frozen
 
 from agent.config import AgentConfig, backoff_from_ms
 from agent.handlers import HandlerRegistry
-from agent.handlers.context import AgentLifecycle, CommandContext, MsListControl, TlsReload
-from agent.hypervisor.connection import Hypervisor, HypervisorError
+from agent.handlers.context import (
+    AgentLifecycle,
+    CommandContext,
+    HostParamsControl,
+    MsListControl,
+    TlsReload,
+)
+from agent.hypervisor.connection import Hypervisor
 from agent.hypervisor.migration.engine import Migrations
+from agent.hypervisor.vmstate import vm_state_report
 from agent.link.budget import REQUEST_OVERHEAD
 from agent.link.startup import startup_command
 from agent.link.state import StateStore
@@ -28,10 +35,8 @@ from agent.link.transport import ConnectionLost, MessageStream, RequestTimeout
 from protocol import LocalProtocolError, Request
 from protocol.header import HEADER_SIZE
 from protocol.messages.host import (
-    HostVmStateReportEntry,
     PingAnswer,
     PingRoutingCommand,
-    PowerState,
     ReadyCommand,
     ShutdownCommand,
     StartupAnswer,
@@ -92,6 +97,9 @@ class AgentServices(Protocol):
     @property
     def tls_reload(self) -> TlsReload: ...
 
+    @property
+    def host_params(self) -> HostParamsControl: ...
+
 
 class AgentSession:
     def __init__(self, stream: MessageStream, services: AgentServices, host: str) -> None:
@@ -108,7 +116,7 @@ class AgentSession:
         self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self._ping_now = trio.Event()
-        self._last_vm_report: dict[str, HostVmStateReportEntry] = {}
+        self._no_vm_report = False  # the last ping went without a VM report
         self._startup_lock = trio.Lock()
         stream.budget = services.tasks.budget
 
@@ -251,25 +259,36 @@ class AgentSession:
                 await self.send_startup()
 
     async def _ping_command(self, out_of_band: bool) -> PingRoutingCommand:
-        guid = self.services.config.host_guid
-        try:
-            domains = await self.services.hypervisor.running_domains()
-            self._last_vm_report = {
-                name: HostVmStateReportEntry(state=PowerState.POWER_ON, host=guid)
-                for name in domains
-            }
-        except HypervisorError:
-            pass  # an empty report would tell the MS every VM stopped: resend the last one
+        # No report (not an empty one, not the last one) while libvirt cannot be asked.
+        report = await vm_state_report(
+            self.services.hypervisor, timeout=max(1.0, self.ping_interval / 2)
+        )
+        if (report is None) != self._no_vm_report:
+            self._no_vm_report = report is None
+            if report is None:
+                self.log.warning(
+                    "libvirt unreachable: pings carry no VM report until it is back",
+                    error=self.services.hypervisor.last_error or "libvirtd does not answer",
+                )
+            else:
+                self.log.info("libvirt reachable again: pings carry the VM report")
         return PingRoutingCommand(
             host_id=self.stream.session.agent_id if self.stream.session.agent_id > 0 else 0,
             out_of_band=out_of_band,
-            host_vm_state_report=dict(self._last_vm_report),
+            host_vm_state_report=report,
         )
 
     # --- commands from the MS -------------------------------------------------------
 
     def _on_request(self, request: Request) -> None:
         """Called by the reader; never blocks. Commands run in the agent's task queue."""
+        if refusal := _refusal(request):
+            # As the Java agent (Agent.processRequest): no answer (the MS wrote this request
+            # onto the link without waiting for one), no queue to wait in: disconnect, and
+            # register again after the back-off.
+            self.log.warning("management server refused the host", reason=refusal)
+            self.finish(OutcomeKind.REFUSED, f"management server refused the host: {refusal}")
+            return
         # What holding this request costs: its decoded size (the header's body length is
         # the inflated one) and the objects around it.
         size = HEADER_SIZE + request.header.length + REQUEST_OVERHEAD
@@ -318,6 +337,7 @@ class AgentSession:
                 ms_list=services.ms_list,
                 lifecycle=services.lifecycle,
                 tls_reload=services.tls_reload,
+                host_params=services.host_params,
             )
             try:
                 answer = await handler(command, ctx)
@@ -361,3 +381,12 @@ class AgentSession:
             )
         except ConnectionLost:
             pass
+
+
+def _refusal(request: Request) -> str | None:
+    """The reason of a ReadyCommand carrying ``_details``: the MS refuses the host
+    (AgentManagerImpl.handleConnectedAgent, after a connect listener failed)."""
+    first = request.commands[0] if request.commands else None
+    if isinstance(first, ReadyCommand) and first.details is not None:
+        return first.details or "no reason given"
+    return None

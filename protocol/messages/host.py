@@ -149,8 +149,10 @@ class PingCommand(Command):
 class PingRoutingCommand(PingCommand):
     JAVA_CLASS: ClassVar[str] = _API + "PingRoutingCommand"
 
-    host_vm_state_report: dict[str, HostVmStateReportEntry] = jfield(
-        "_hostVmStateReport", factory=dict
+    # None (omitted) = no report: the MS skips its VM state sync for this ping. An empty map
+    # would say "no VM runs here" and the MS would stop every VM it believes on this host.
+    host_vm_state_report: dict[str, HostVmStateReportEntry] | None = jfield(
+        "_hostVmStateReport", default=None
     )
     gateway_accessible: bool = jfield("_gatewayAccessible", default=True)
     vnet_accessible: bool = jfield("_vnetAccessible", default=True)
