@@ -338,6 +338,47 @@ async def test_the_statistics_cycle_asks_up_hosts_and_nothing_is_fatal(
         assert ms.connected() == [GUID, GUID2]
 
 
+@pytest.mark.parametrize(
+    ("labels", "up"),
+    [(PhysicalNetwork(), True), (PhysicalNetwork(guest="cloudbr9", management="lo"), False)],
+)
+async def test_a_real_agent_reaches_up_or_alert_as_its_bridges_say(
+    tmp_path: Path, labels: PhysicalNetwork, up: bool
+) -> None:
+    """The agent as it is (libvirt's test driver): the whole sequence with no pool. A traffic
+    label naming no bridge of this machine makes its CheckNetworkAnswer false: Alert."""
+    async with running_ms(tmp_path, ping_interval=1, zone=Zone(physical_networks=(labels,))) as ms:
+        overrides = {"ssh.keys.dir": str(tmp_path / "ssh")}
+        config = agent_config(
+            tmp_path, f"127.0.0.1:{ms.port}", agent_dir(tmp_path, ms.ca), **overrides
+        )
+        async with running_agent(config):
+            if up:
+                await ms.wait_for_host(guid_of("agent1"), timeout=20)
+                with trio.fail_after(10):  # the second ReadyCommand's answer, the async ones
+                    while any(s.verdict is None for s in ms.connects[0].steps):
+                        await trio.sleep(0.05)
+            else:
+                await ms.wait_for_status(guid_of("agent1"), ALERT, timeout=20)
+    first = ms.connects[0]
+    steps = [s.command for s in first.steps]
+    if up:
+        assert first.outcome == UP
+        assert steps == [
+            "CleanupNetworkRulesCmd",
+            "CheckNetworkCommand",
+            "SetHostParamsCommand",
+            "ModifySshKeysCommand",
+            "ReadyCommand",
+            "ReadyCommand",
+        ]
+        assert all(s.verdict is not None and s.verdict.ok for s in first.steps)
+        assert stat.S_IMODE((tmp_path / "ssh" / "id_rsa.cloud").stat().st_mode) == 0o600
+    else:
+        assert first.outcome == ALERT and steps[-1] == "CheckNetworkCommand"
+        assert first.reason is not None and "cloudbr9" in first.reason
+
+
 @pytest.mark.parametrize("answer", ["plain Answer", "CheckNetworkAnswer"])
 async def test_a_real_agent_with_its_check_network_handler_replaced(
     tmp_path: Path, answer: str
