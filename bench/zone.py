@@ -36,6 +36,7 @@ from lab.hosts import DEFAULT_WORKDIR, Lab
 
 VM = "guest1"
 WORKDIR = DEFAULT_WORKDIR
+RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 RECONNECTS: Final = 4
 MIGRATIONS: Final = 6
 STATS_INTERVAL: Final = 0.2  # seconds between statistics cycles (60 s in a real MS)
@@ -171,9 +172,16 @@ def main() -> None:
     parser.add_argument("--reconnects", type=int, default=RECONNECTS)
     parser.add_argument("--migrations", type=int, default=MIGRATIONS)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--save", action="store_true", help=f"also write the figures as 'zone' into {RESULTS}"
+    )
     args = parser.parse_args()
     logs.configure("warning")
     result = trio.run(lambda: run(args.reconnects, args.migrations))
+    if args.save:
+        saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        saved["zone"] = result
+        RESULTS.write_text(json.dumps(saved, indent=2) + "\n")
     if args.json:
         print(json.dumps(result, indent=2))
     else:
