@@ -76,7 +76,7 @@ def keystore_setup(args: argparse.Namespace) -> int:
 
 
 def keystore_cert_import(args: argparse.Namespace) -> int:
-    from agent.certs.keys import CertificateError
+    from agent.certs.certinfo import CertificateError
     from agent.certs.store import CertStore
 
     store = CertStore(_cert_dir(args))
