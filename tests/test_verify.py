@@ -17,8 +17,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from agent.certs.certinfo import CertificateError, certificates
+from agent.certs.certinfo import CertificateError, certificates, read_certificate
 from agent.certs.verify import validate
 from lab.ca import LabCA
 from tests.agent_env import ROOT
@@ -270,3 +272,22 @@ print(json.dumps({{
     old = x509.load_pem_x509_certificate((bad / "cloud.crt").read_bytes())
     assert result["bad"][2] == str(old.not_valid_after_utc)  # read although invalid
     assert result["warning"][0] == "error"
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_damaged_der_is_read_or_refused_never_crashes(ca: LabCA, data: st.DataObject) -> None:
+    """What arrives in cloud.crt is read with the DER reader: a damaged certificate is a
+    ValueError (then 'not a PEM certificate'), never another exception."""
+    der = bytearray(ca.certificate.public_bytes(serialization.Encoding.DER))
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(der) - 1))
+        der[at] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(der)))
+    try:
+        info = read_certificate(bytes(der[:cut]) if data.draw(st.booleans()) else bytes(der))
+    except ValueError:
+        return
+    assert info.not_before.tzinfo is not None and info.subject is not None
