@@ -24,6 +24,7 @@ from agent.handlers import HandlerRegistry
 from agent.observe.observer import NOOP, Observer, observer
 from agent.observe.recorder import Recorder
 from agent.observe.report import EXIT_NOT_REGISTERED, EXIT_NOT_RUNNING, EXIT_REGISTERED
+from agent.observe.status import snapshot
 from lab.mgmt import ManagementServer
 from protocol.messages.host import CheckHealthCommand
 from protocol.messages.migration import MigrateAnswer, MigrateCommand
@@ -344,3 +345,26 @@ def test_failover_is_registering_elsewhere_after_a_loss() -> None:
 def test_outside_an_agent_the_hooks_do_nothing() -> None:
     assert observer() is NOOP
     observer().command_done("com.cloud.agent.api.CheckHealthCommand", True, True, 0.1)
+
+
+async def test_a_metrics_address_in_use_is_reported_and_the_agent_runs_on(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with running_ms(tmp_path, ping_interval=1) as ms:
+            config = agent_config(
+                tmp_path,
+                f"127.0.0.1:{ms.port}",
+                agent_dir(tmp_path, ms.ca),
+                **{"metrics.listen": f"127.0.0.1:{port}"},
+            )
+            async with running_agent(config) as agent:
+                await ms.wait_for_host(GUID, timeout=10)
+                doc = await snapshot(agent)
+    assert doc["registered"] is True
+    assert doc["metrics"] == {
+        "listen": f"127.0.0.1:{port}",
+        "url": None,
+        "error": f"cannot serve metrics on 127.0.0.1:{port} (see the log)",
+    }
