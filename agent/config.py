@@ -172,6 +172,26 @@ def _str(_key: str) -> Any:
     return lambda raw: raw.strip()
 
 
+def _listen(key: str) -> Any:
+    """``host:port`` to bind (``[v6]:port``), or empty for off. The host is required: an
+    endpoint is bound only where the operator says (0.0.0.0 for every interface)."""
+
+    def convert(raw: str) -> str:
+        value = raw.strip()
+        if not value:
+            return ""
+        host, port = split_host_port(value, -1)
+        problem = host_entry_problem(value) if host and port >= 0 else "not host:port"
+        if problem is not None:
+            raise ConfigError(
+                f"invalid value for '{key}': {value!r:.80}: {problem} "
+                "(e.g. 127.0.0.1:9108, 0.0.0.0:9108 for every interface; empty for off)"
+            )
+        return value
+
+    return convert
+
+
 # key -> (attribute, converter factory, default as written in agent.properties or None).
 # An attribute of None: a key of CloudStack's agent.properties that is accepted (and
 # validated) but not used by this agent.
@@ -214,6 +234,7 @@ _KEYS: dict[str, tuple[str | None, Any, str | None]] = {
     "pki.root": ("pki_root", _str, "/"),
     "keystore.passphrase": (None, _str, ""),  # a Java keystore's; PEM files need none
     "ssh.keys.dir": ("ssh_keys_dir", _str, "/root/.ssh"),  # ModifySshKeysCommand's keys
+    "metrics.listen": ("metrics_listen", _listen, ""),
 }
 # What SIGHUP applies (listed in etc/agent.properties); any other key keeps its value until
 # a restart, and a change to it is logged as needing one. Identity, the hypervisor
@@ -229,6 +250,7 @@ RELOADABLE: frozenset[str] = frozenset(_KEYS) - {
     "cert.dir",
     "state.dir",
     "pki.root",
+    "metrics.listen",
 }
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _RELOAD_MODES = ("auto", "update-tls", "restart", "none")
@@ -276,6 +298,7 @@ class AgentConfig:
     libvirtd_reload: str
     pki_root: Path
     ssh_keys_dir: Path
+    metrics_listen: str
 
     @property
     def host_guid(self) -> str:

@@ -32,6 +32,7 @@ from agent.link.startup import startup_command
 from agent.link.state import StateStore
 from agent.link.tasks import QueueClosed, TaskQueue
 from agent.link.transport import ConnectionLost, MessageStream, RequestTimeout
+from agent.observe.observer import observer
 from protocol import LocalProtocolError, Request
 from protocol.header import HEADER_SIZE
 from protocol.messages.host import (
@@ -350,6 +351,9 @@ class AgentSession:
             result=result,
             duration_ms=round((trio.current_time() - started) * 1000, 1),
             details=getattr(answer, "details", None) if not result else None,
+        )
+        observer().command_done(
+            name, handler is not None, bool(result), trio.current_time() - started
         )
         return answer
 
