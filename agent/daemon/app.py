@@ -33,6 +33,7 @@ from agent.handlers import HandlerRegistry
 from agent.hypervisor.connection import Hypervisor
 from agent.hypervisor.events import DomainEvent
 from agent.hypervisor.migration.engine import Migrations
+from agent.hypervisor.stats import Statistics
 from agent.link.session import AgentSession, OutcomeKind
 from agent.link.state import StateStore
 from agent.link.tasks import TaskQueue
@@ -62,6 +63,7 @@ class Agent:
         )
         self.state = StateStore(config.state_dir)
         self.migrations = Migrations(config, self.hypervisor)
+        self.stats = Statistics(self.hypervisor)
         self.ms_list = MsList(config, self.state)
         self.lifecycle = Shutdown(
             lambda: self.config.shutdown_grace,

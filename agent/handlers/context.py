@@ -16,6 +16,7 @@ from attrs import frozen
 from agent.config import AgentConfig
 from agent.hypervisor.connection import Hypervisor
 from agent.hypervisor.migration.engine import Migrations
+from agent.hypervisor.stats import Statistics
 from protocol.messages.host import ReadyCommand
 
 
@@ -73,6 +74,7 @@ class CommandContext:
     ms_list: MsListControl
     lifecycle: AgentLifecycle
     tls_reload: TlsReload
+    stats: Statistics
 
     def end_session(self, reason: str, *, retry_same_host_later: bool) -> None:
         """End the session once this command's answer has been sent."""

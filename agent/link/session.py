@@ -20,6 +20,7 @@ from agent.handlers import HandlerRegistry
 from agent.handlers.context import AgentLifecycle, CommandContext, MsListControl, TlsReload
 from agent.hypervisor.connection import Hypervisor, HypervisorError
 from agent.hypervisor.migration.engine import Migrations
+from agent.hypervisor.stats import Statistics
 from agent.link.budget import REQUEST_OVERHEAD
 from agent.link.startup import startup_command
 from agent.link.state import StateStore
@@ -91,6 +92,9 @@ class AgentServices(Protocol):
 
     @property
     def tls_reload(self) -> TlsReload: ...
+
+    @property
+    def stats(self) -> Statistics: ...
 
 
 class AgentSession:
@@ -318,6 +322,7 @@ class AgentSession:
                 ms_list=services.ms_list,
                 lifecycle=services.lifecycle,
                 tls_reload=services.tls_reload,
+                stats=services.stats,
             )
             try:
                 answer = await handler(command, ctx)
