@@ -4,7 +4,7 @@
 that uses them:
 
   resources: signals (SIGTERM/SIGINT -> stop, SIGHUP -> reload), the systemd watchdog,
-             the hypervisor connection, the migration jobs
+             the hypervisor connection (and the statistics' own), the migration jobs
   └── TaskQueue (commands; lives across sessions)
       └── work: libvirtd's TLS reload after an import, the certificate expiry watch,
           the supervisor: connect -> AgentSession.run() -> next host ... until stopped
@@ -33,7 +33,7 @@ from agent.handlers import HandlerRegistry
 from agent.hypervisor.connection import Hypervisor
 from agent.hypervisor.events import DomainEvent
 from agent.hypervisor.migration.engine import Migrations
-from agent.hypervisor.stats import Statistics
+from agent.hypervisor.stats import Statistics, connection_for
 from agent.link.session import AgentSession, OutcomeKind
 from agent.link.state import StateStore
 from agent.link.tasks import TaskQueue
@@ -63,7 +63,7 @@ class Agent:
         )
         self.state = StateStore(config.state_dir)
         self.migrations = Migrations(config, self.hypervisor)
-        self.stats = Statistics(self.hypervisor)
+        self.stats = Statistics(connection_for(self.hypervisor))
         self.ms_list = MsList(config, self.state)
         self.lifecycle = Shutdown(
             lambda: self.config.shutdown_grace,
@@ -128,6 +128,7 @@ class Agent:
                 resources.start_soon(watchdog, self.notifier, interval)
             self.hypervisor.lifecycle_listeners.append(self._on_domain_event)
             await resources.start(self.hypervisor.run)
+            await resources.start(self.stats.hypervisor.run)
             await resources.start(self.migrations.run)
             cfg = self.config
             async with TaskQueue.open(cfg.workers, cfg.command_buffer_bytes) as tasks:

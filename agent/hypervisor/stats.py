@@ -3,9 +3,17 @@ computed against.
 
 The Java agent reports CPU and VM figures as changes since its previous call; this object
 keeps those previous samples for the life of the agent (a VM's are dropped when libvirt no
-longer has it). Every reading runs in a worker thread under the hypervisor's limiter, one VM
-per call, so that neither pings nor other libvirt calls wait behind a long list; the
-arithmetic and the samples it updates stay on the trio thread.
+longer has it). Every reading runs in a worker thread under the limiter of the statistics'
+own libvirt connection (:func:`connection_for`), one VM per call; the arithmetic and the
+samples it updates stay on the trio thread.
+
+Why a connection of their own: a statistics call can wait for as long as a VM's QEMU takes to
+answer its monitor (forever, for a QEMU that is stopped or hung), and while one call waits
+on a libvirt connection, libvirt's client delays the other calls made on that connection
+until the daemon's next keepalive message (up to libvirtd's keepalive_interval, 5 s by
+default; measured on libvirt 9.0 in tests/test_lab_stats.py). On the agent's main connection
+that would hold back the VM report of every ping and every command; and waiting calls would
+hold the main limiter's threads. Here they hold only the statistics' threads.
 
 Figures and formulas: :mod:`agent.hypervisor.hoststats`, :mod:`agent.hypervisor.vmstats`,
 :mod:`agent.hypervisor.volstats`.
@@ -49,8 +57,19 @@ class VolumeResult:
     error: str | None = None
 
 
+STATS_THREADS = 2  # of the statistics' connection: reads, one VM at a time per command
+
+
+def connection_for(main: Hypervisor) -> Hypervisor:
+    """The statistics' own connection to the libvirtd ``main`` talks to (its ``run`` is a
+    task for the life of the agent, as the main one's)."""
+    return Hypervisor(main.uri, private_device=main.private_device, threads=STATS_THREADS)
+
+
 class Statistics:
     def __init__(self, hypervisor: Hypervisor, *, cpu: CpuMeter | None = None) -> None:
+        """``hypervisor``: a connection of the statistics' own (:func:`connection_for`)."""
+        self.hypervisor = hypervisor
         self._hv = hypervisor
         # The CPU baseline is taken now, when the agent starts, as the Java agent's CPUStat:
         # the first answer covers the time since then. (One read of /proc/uptime.)
