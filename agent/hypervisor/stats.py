@@ -11,9 +11,11 @@ Why a connection of their own: a statistics call can wait for as long as a VM's 
 answer its monitor (forever, for a QEMU that is stopped or hung), and while one call waits
 on a libvirt connection, libvirt's client delays the other calls made on that connection
 until the daemon's next keepalive message (up to libvirtd's keepalive_interval, 5 s by
-default; measured on libvirt 9.0 in tests/test_lab_stats.py). On the agent's main connection
-that would hold back the VM report of every ping and every command; and waiting calls would
-hold the main limiter's threads. Here they hold only the statistics' threads.
+default: seen with libvirt 9.0, a blockStats on a QEMU stopped with SIGSTOP holding the VM
+report of the pings for up to 5 s each; tests/test_lab_stats.py checks the pings through such
+a hang). On the agent's main connection that would hold back the VM report of every ping and
+every command, and waiting calls would hold the main limiter's threads. Here they hold only
+the statistics' threads; a hung QEMU delays the statistics, as it does the Java agent's.
 
 Figures and formulas: :mod:`agent.hypervisor.hoststats`, :mod:`agent.hypervisor.vmstats`,
 :mod:`agent.hypervisor.volstats`.
