@@ -215,6 +215,7 @@ _KEYS: dict[str, tuple[str | None, Any, str | None]] = {
     "hypervisor.type": (None, _str, "kvm"),  # KVM is the only one
     "hypervisor.uri": ("hypervisor_uri", _str, "qemu:///system"),
     "private.network.device": ("private_network_device", _str, ""),
+    "public.network.device": ("public_network_device", _str, "cloudbr0"),
     "host.reserved.mem.mb": ("host_reserved_mem_mb", lambda k: _int(k, 0), "1024"),
     "cert.dir": ("cert_dir", _str, ""),
     "state.dir": ("state_dir", _str, "/var/lib/cloudstack/agent"),
@@ -280,6 +281,7 @@ class AgentConfig:
     command_buffer_bytes: int
     hypervisor_uri: str
     private_network_device: str
+    public_network_device: str
     host_reserved_mem_mb: int
     cert_dir: Path
     state_dir: Path

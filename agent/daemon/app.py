@@ -5,7 +5,7 @@ that uses them:
 
   resources: signals (SIGTERM/SIGINT -> stop, SIGHUP -> reload), the systemd watchdog,
              the status socket and the metrics server (agent.observe), the hypervisor
-             connection, the migration jobs
+             connection (and the statistics' own), the migration jobs
   └── TaskQueue (commands; lives across sessions)
       └── work: libvirtd's TLS reload after an import, the certificate expiry watch,
           the supervisor: connect -> AgentSession.run() -> next host ... until stopped
@@ -36,6 +36,7 @@ from agent.hostparams import HostParams
 from agent.hypervisor.connection import Hypervisor
 from agent.hypervisor.events import DomainEvent
 from agent.hypervisor.migration.engine import Migrations
+from agent.hypervisor.stats import Statistics, connection_for
 from agent.link.session import AgentSession, OutcomeKind
 from agent.link.state import StateStore
 from agent.link.tasks import TaskQueue
@@ -68,6 +69,7 @@ class Agent:
         )
         self.state = StateStore(config.state_dir)
         self.migrations = Migrations(config, self.hypervisor)
+        self.stats = Statistics(connection_for(self.hypervisor))
         self.ms_list = MsList(config, self.state)
         self.lifecycle = Shutdown(
             lambda: self.config.shutdown_grace,
@@ -159,6 +161,7 @@ class Agent:
             await self._serve_metrics(resources)
             self.hypervisor.lifecycle_listeners.append(self._on_domain_event)
             await resources.start(self.hypervisor.run)
+            await resources.start(self.stats.hypervisor.run)
             await resources.start(self.migrations.run)
             cfg = self.config
             async with TaskQueue.open(cfg.workers, cfg.command_buffer_bytes) as tasks:

@@ -17,6 +17,7 @@ from agent.config import AgentConfig
 from agent.hostparams import Applied
 from agent.hypervisor.connection import Hypervisor
 from agent.hypervisor.migration.engine import Migrations
+from agent.hypervisor.stats import Statistics
 from protocol.messages.host import ReadyCommand
 
 
@@ -81,6 +82,7 @@ class CommandContext:
     lifecycle: AgentLifecycle
     tls_reload: TlsReload
     host_params: HostParamsControl
+    stats: Statistics
 
     def end_session(self, reason: str, *, retry_same_host_later: bool) -> None:
         """End the session once this command's answer has been sent."""

@@ -27,6 +27,7 @@ from agent.handlers.context import (
 from agent.hypervisor.connection import Hypervisor
 from agent.hypervisor.migration.engine import Migrations
 from agent.hypervisor.vmstate import vm_state_report
+from agent.hypervisor.stats import Statistics
 from agent.link.budget import REQUEST_OVERHEAD
 from agent.link.startup import startup_command
 from agent.link.state import StateStore
@@ -100,6 +101,7 @@ class AgentServices(Protocol):
 
     @property
     def host_params(self) -> HostParamsControl: ...
+    def stats(self) -> Statistics: ...
 
 
 class AgentSession:
@@ -339,6 +341,7 @@ class AgentSession:
                 lifecycle=services.lifecycle,
                 tls_reload=services.tls_reload,
                 host_params=services.host_params,
+                stats=services.stats,
             )
             try:
                 answer = await handler(command, ctx)
