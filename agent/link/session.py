@@ -26,8 +26,8 @@ from agent.handlers.context import (
 )
 from agent.hypervisor.connection import Hypervisor
 from agent.hypervisor.migration.engine import Migrations
-from agent.hypervisor.vmstate import vm_state_report
 from agent.hypervisor.stats import Statistics
+from agent.hypervisor.vmstate import vm_state_report
 from agent.link.budget import REQUEST_OVERHEAD
 from agent.link.startup import startup_command
 from agent.link.state import StateStore
@@ -101,6 +101,8 @@ class AgentServices(Protocol):
 
     @property
     def host_params(self) -> HostParamsControl: ...
+
+    @property
     def stats(self) -> Statistics: ...
 
 
