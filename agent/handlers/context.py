@@ -14,8 +14,10 @@ from typing import Protocol
 from attrs import frozen
 
 from agent.config import AgentConfig
+from agent.ha.heartbeat import Heartbeat
 from agent.hypervisor.connection import Hypervisor
 from agent.hypervisor.migration.engine import Migrations
+from agent.hypervisor.pools import Pools
 from protocol.messages.host import ReadyCommand
 
 
@@ -73,6 +75,8 @@ class CommandContext:
     ms_list: MsListControl
     lifecycle: AgentLifecycle
     tls_reload: TlsReload
+    pools: Pools
+    heartbeat: Heartbeat
 
     def end_session(self, reason: str, *, retry_same_host_later: bool) -> None:
         """End the session once this command's answer has been sent."""
