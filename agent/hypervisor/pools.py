@@ -108,8 +108,15 @@ class Pools:
             # The heartbeat stops first: writes to a pool being unmounted are no failure.
             for watcher in self.watchers:
                 watcher.pool_removed(uuid)
-            self.attached.pop(uuid, None)
-            found = await self.hypervisor.call(lambda conn: remove_pool(conn, uuid))
+            spec = self.attached.pop(uuid, None)
+            try:
+                found = await self.hypervisor.call(lambda conn: remove_pool(conn, uuid))
+            except BaseException:
+                if spec is not None:  # still there (in use): so is its heartbeat
+                    self.attached[uuid] = spec
+                    for watcher in self.watchers:
+                        watcher.pool_added(spec)
+                raise
         log.info("storage pool removed" if found else "storage pool was not defined", pool=uuid)
         return found
 
@@ -185,20 +192,30 @@ def ensure_pool(conn: Any, spec: PoolSpec) -> PoolInfo:
             log.info("storage pool defined but not running: defining it afresh", pool=spec.uuid)
             _drop(pool)
             pool = None
+        elif not _mounted(conn, spec):
+            log.warning("NFS pool running but not mounted: setting it up again", pool=spec.uuid)
+            _drop(pool)
+            pool = None
         elif _definition(pool).mount_options != frozenset(spec.mount_options):
             pool = _remount(pool, spec)
     if pool is None:
         _free_target(conn, spec)
         pool = _create(conn, spec)
-    # libvirt's test driver mounts nothing (unit tests); a real NFS pool must be mounted.
-    mounted = spec.kind is not PoolKind.NFS or conn.getType().upper() == "TEST"
-    if not mounted and not os.path.ismount(spec.target):
+    if not _mounted(conn, spec):
         _drop(pool)
         raise PoolError(
             f"{spec.describe()}: libvirt started the pool but nothing is mounted at "
             f"{spec.target}; check the NFS server and this host's NFS client (mount.nfs)"
         )
     return _info(pool)
+
+
+def _mounted(conn: Any, spec: PoolSpec) -> bool:
+    """Whether an NFS pool's mount is there (``mountpoint -q`` in the Java agent). libvirt's
+    test driver mounts nothing (unit tests)."""
+    if spec.kind is not PoolKind.NFS or conn.getType().upper() == "TEST":
+        return True
+    return os.path.ismount(spec.target)
 
 
 def _remount(pool: Any, spec: PoolSpec) -> Any | None:
@@ -260,8 +277,10 @@ def _create(conn: Any, spec: PoolSpec) -> Any:
             pool.build(0)  # creates the mount point; formats nothing
         pool.create(0)
     except libvirt.libvirtError as exc:
-        try:
-            _drop(pool)  # leave no half-made pool behind
+        try:  # leave no half-made pool behind, nor the mount point build() made
+            if spec.kind is PoolKind.NFS and not pool.isActive():
+                pool.delete(0)
+            _drop(pool)
         except libvirt.libvirtError:
             pass
         check = (
