@@ -6,6 +6,7 @@ two-host lab, with real VMs: tests/test_lab_pools.py."""
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ from agent.ha.heartbeat import Heartbeat
 from agent.hypervisor.connection import Hypervisor
 from agent.hypervisor.pooldefs import PoolKind, dir_pool, nfs_pool
 from agent.hypervisor.pools import Pools
+from tests.agent_env import captured_logs
 
 NOW = 1_750_000_000
 ME, NEIGHBOUR = "10.1.0.5", "10.1.0.6"
@@ -324,3 +326,27 @@ async def test_neighbours_are_read_from_every_watched_pool(
     assert (await env.heartbeat.check_host(ME)).dead is False
     with pytest.raises(HeartbeatError):
         await env.heartbeat.check_host("../x")
+
+
+async def test_fencing_that_cannot_reach_libvirt_says_so_loudly_once(tmp_path: Path) -> None:
+    hv = Hypervisor("qemu+tcp://127.0.0.1:1/system", max_backoff=0.2)  # nothing listens
+    pools = Pools(hv)
+    heartbeat = Heartbeat(pools, lambda: config(), lambda: ME)
+    (tmp_path / "KVMHA").write_text("")  # unwritable
+    with captured_logs() as logbuf:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hv.run)
+            await nursery.start(heartbeat.run)
+            heartbeat.pool_added(
+                dir_pool(str(uuid.uuid4()), str(tmp_path), PoolKind.SHARED_MOUNT_POINT)
+            )
+            beat = next(iter(heartbeat.beats.values()))
+            await wait_for(lambda: beat.fenced)
+            await trio.sleep(0.5)  # five more looks at the domains, each failing
+            nursery.cancel_scope.cancel()
+    lines = [json.loads(line) for line in logbuf.getvalue().splitlines()]
+    failed = [e for e in lines if e["event"].startswith("FENCING FAILED: cannot list")]
+    assert len(failed) == 1 and failed[0]["level"] == "critical"
+    assert "libvirtd is not reachable" in failed[0]["error"]
+    assert any(e["event"].startswith("HEARTBEAT LOST") for e in lines)
+    assert beat.destroyed == []

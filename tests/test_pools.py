@@ -4,6 +4,7 @@ run them) are in tests/test_lab_pools.py."""
 
 from __future__ import annotations
 
+import re
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ import libvirt
 import pytest
 import trio
 
+from agent.config import AgentConfig, ConfigError
 from agent.hypervisor.connection import Hypervisor
 from agent.hypervisor.pooldefs import (
     FS_NS,
@@ -250,3 +252,23 @@ async def test_domains_on_a_pool_are_found_and_destroyed(pools: Pools, tmp_path:
         assert names["on"] not in running and names["off"] in running
     finally:
         await pools.destroy_domain(names["off"])
+
+
+def test_local_storage_keys_pair_uuids_with_paths_as_the_java_agent_reads_them() -> None:
+    u1, u2 = new_uuid(), new_uuid()
+    base = {"guid": "g"}
+    assert AgentConfig.from_properties(base).local_storage == ()  # no uuid: no local pool
+    cfg = AgentConfig.from_properties(
+        {**base, "local.storage.uuid": f"{u1}, {u2}", "local.storage.path": "/a/,/b/c"}
+    )
+    assert cfg.local_storage == ((u1, "/a"), (u2, "/b/c"))
+    one = AgentConfig.from_properties({**base, "local.storage.uuid": u1})
+    assert one.local_storage == ((u1, "/var/lib/libvirt/images"),)  # the Java default path
+    with pytest.raises(ConfigError, match=r"2 uuid\(s\) for 1 path\(s\)"):
+        AgentConfig.from_properties({**base, "local.storage.uuid": f"{u1},{u2}"})
+    with pytest.raises(
+        ConfigError, match=re.escape("'local.storage.uuid': 'not-a-uuid' is not a UUID")
+    ):
+        AgentConfig.from_properties({**base, "local.storage.uuid": "not-a-uuid"})
+    with pytest.raises(ConfigError, match=re.escape("'mount.path'")):
+        AgentConfig.from_properties({**base, "mount.path": "mnt"})

@@ -83,7 +83,12 @@ class PoolBeat:
     writes: int = 0
     fenced: bool = False
     destroyed: list[str] = attrs.field(factory=list)
+    failures: set[str] = attrs.field(factory=set)  # fencing failures logged (once each)
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    # One thread at a time per pool for writes, one for reads: calls a dead NFS server hangs
+    # hold at most these (an abandoned read keeps its token until its thread returns).
+    writing: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(1))
+    reading: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(1))
 
 
 @frozen
@@ -187,7 +192,6 @@ class Heartbeat:
         return write_heartbeat(pool.mount_point, ip, epoch, must_be_mounted=pool.nfs)
 
     async def _write_loop(self, beat: PoolBeat) -> None:
-        limiter = trio.CapacityLimiter(1)  # one write at a time per pool
         while True:
             interval = self._config().ha_heartbeat_interval
             started = trio.current_time()
@@ -196,7 +200,7 @@ class Heartbeat:
                 # Abandoned only when the pool is no longer watched or the agent exits: nobody
                 # needs that write's outcome then, and a dead NFS server must not hold the exit.
                 path = await trio.to_thread.run_sync(
-                    self._write, beat.pool, epoch, limiter=limiter, abandon_on_cancel=True
+                    self._write, beat.pool, epoch, limiter=beat.writing, abandon_on_cancel=True
                 )
             except HeartbeatError as exc:
                 beat.error = str(exc)
@@ -213,6 +217,7 @@ class Heartbeat:
                 beat.last_ok, beat.path, beat.error = trio.current_time(), path, None
                 beat.writes += 1
                 beat.fenced = False
+                beat.failures.clear()
             await trio.sleep_until(started + interval)
 
     async def _guard_loop(self, beat: PoolBeat) -> None:
@@ -221,7 +226,10 @@ class Heartbeat:
             unwritten = trio.current_time() - beat.last_ok
             if unwritten >= cfg.ha_heartbeat_timeout:
                 await self._fence(beat, unwritten, cfg)
-            await trio.sleep(min(GUARD_TICK, cfg.ha_heartbeat_interval))
+            # Close to the limit before fencing; then a look per interval for domains that
+            # start on the pool meanwhile.
+            tick = cfg.ha_heartbeat_interval
+            await trio.sleep(tick if beat.fenced else min(GUARD_TICK, tick))
 
     async def _fence(self, beat: PoolBeat, unwritten: float, cfg: AgentConfig) -> None:
         pool = beat.pool
@@ -240,17 +248,13 @@ class Heartbeat:
         try:
             victims = await self._pools.domains_on(pool.mount_point, pool.uuid)
         except HypervisorError as exc:
-            log.critical(
-                "FENCING FAILED: cannot list the domains (they may run twice)",
-                pool=pool.uuid,
-                error=str(exc),
-            )
+            self._failed_fence(beat, "cannot list the domains", error=str(exc))
             victims = []
         for name in victims:
             try:
                 await self._pools.destroy_domain(name)
             except HypervisorError as exc:
-                log.critical("FENCING FAILED: domain not destroyed", vm=name, error=str(exc))
+                self._failed_fence(beat, "domain not destroyed", vm=name, error=str(exc))
                 continue
             beat.destroyed.append(name)
             log.critical("FENCED: domain destroyed", vm=name, pool=pool.uuid)
@@ -260,6 +264,18 @@ class Heartbeat:
             self.rebooting = True
             log.critical("ha.fence.reboot=true: REBOOTING THE HOST NOW", pool=pool.uuid)
             await trio.to_thread.run_sync(self._reboot, abandon_on_cancel=True)
+
+    @staticmethod
+    def _failed_fence(beat: PoolBeat, what: str, **context: str) -> None:
+        """Logged once per failure while the heartbeat stays lost (the guard retries)."""
+        key = f"{what} {sorted(context.items())}"
+        if key not in beat.failures:
+            beat.failures.add(key)
+            log.critical(
+                f"FENCING FAILED: {what}; the VMs on this pool may run twice: stop them by hand",
+                pool=beat.pool.uuid,
+                **context,
+            )
 
     # --- reading a neighbour's heartbeat ------------------------------------------------
 
@@ -273,18 +289,20 @@ class Heartbeat:
         them (the Java agent keeps the last pool's result, in no fixed order).
         """
         ip = check_ip(ip)
-        pools = [beat.pool for beat in self._beats.values()]
-        if not pools:
+        beats = list(self._beats.values())
+        if not beats:
             return HostCheck(ip, None, ())
         max_age = self._config().ha_heartbeat_timeout
         readings: list[Reading] = []
 
-        async def read(pool: WatchedPool) -> None:
+        async def read(beat: PoolBeat) -> None:
+            pool = beat.pool
             path = str(heartbeat_path(pool.mount_point, ip))
             with trio.move_on_after(READ_TIMEOUT):
                 try:
                     content = await trio.to_thread.run_sync(
                         lambda: read_heartbeat(pool.mount_point, ip, must_be_mounted=pool.nfs),
+                        limiter=beat.reading,
                         abandon_on_cancel=True,  # a read changes nothing
                     )
                 except HeartbeatError as exc:
@@ -297,8 +315,8 @@ class Heartbeat:
             readings.append(Reading(pool.uuid, path, Judgement(Liveness.UNKNOWN, None, no_answer)))
 
         async with trio.open_nursery() as nursery:
-            for pool in pools:
-                nursery.start_soon(read, pool)
+            for beat in beats:
+                nursery.start_soon(read, beat)
         readings.sort(key=lambda r: r.pool)
         dead = [not r.judgement.liveness.beating for r in readings]
         return HostCheck(ip, any(dead) if stop_at_first_dead else all(dead), tuple(readings))

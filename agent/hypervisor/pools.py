@@ -68,11 +68,15 @@ class PoolWatcher(Protocol):
 
 
 class Pools:
-    """The pools of this host, through the hypervisor's worker threads and limiter.
+    """The pools of this host, through libvirt worker threads of their own.
 
     ``attached``: the pools set up through :meth:`add` since the agent started (what the MS
     attached), by uuid. Calls on one pool are serialised (the MS may attach a pool twice at
     once: at connect and from a volume operation).
+
+    Pool calls run on a lane of their own: a dead NFS server hangs them (a refresh, an
+    unmount), and they must not take the threads the agent's other libvirt calls use.
+    Fencing has a lane of its own too, which hung pool calls cannot starve.
     """
 
     def __init__(self, hypervisor: Hypervisor) -> None:
@@ -80,6 +84,8 @@ class Pools:
         self.watchers: list[PoolWatcher] = []
         self.attached: dict[str, PoolSpec] = {}
         self._locks: dict[str, trio.Lock] = {}
+        self._storage = hypervisor.lane(2)
+        self._fencing = hypervisor.lane(2)
 
     def _lock(self, uuid: str) -> trio.Lock:
         return self._locks.setdefault(uuid, trio.Lock())
@@ -87,7 +93,7 @@ class Pools:
     async def add(self, spec: PoolSpec) -> PoolInfo:
         """Set ``spec`` up (idempotent); its sizes. PoolError or HypervisorError."""
         async with self._lock(spec.uuid):
-            info = await self.hypervisor.call(lambda conn: ensure_pool(conn, spec))
+            info = await self._storage.call(lambda conn: ensure_pool(conn, spec))
             self.attached[spec.uuid] = spec
         log.info(
             "storage pool ready",
@@ -110,7 +116,7 @@ class Pools:
                 watcher.pool_removed(uuid)
             spec = self.attached.pop(uuid, None)
             try:
-                found = await self.hypervisor.call(lambda conn: remove_pool(conn, uuid))
+                found = await self._storage.call(lambda conn: remove_pool(conn, uuid))
             except BaseException:
                 if spec is not None:  # still there (in use): so is its heartbeat
                     self.attached[uuid] = spec
@@ -124,15 +130,15 @@ class Pools:
         """The pool's sizes (re-read from the storage with ``refresh``), starting it if it
         is defined but stopped; None if libvirt has no such pool."""
         async with self._lock(uuid):
-            return await self.hypervisor.call(lambda conn: read_pool(conn, uuid, refresh=refresh))
+            return await self._storage.call(lambda conn: read_pool(conn, uuid, refresh=refresh))
 
     async def domains_on(self, directory: str, uuid: str | None = None) -> list[str]:
         """Running (or paused) domains with a disk under ``directory`` (or in pool ``uuid``)."""
-        return await self.hypervisor.call(lambda conn: domains_on(conn, directory, uuid))
+        return await self._fencing.call(lambda conn: domains_on(conn, directory, uuid))
 
     async def destroy_domain(self, name: str) -> None:
         """Stop ``name`` at once (virDomainDestroy: SIGTERM, then SIGKILL)."""
-        await self.hypervisor.call(lambda conn: destroy_domain(conn, name))
+        await self._fencing.call(lambda conn: destroy_domain(conn, name))
 
 
 # --- in worker threads ------------------------------------------------------------------
