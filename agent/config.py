@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -236,6 +237,13 @@ _KEYS: dict[str, tuple[str | None, Any, str | None]] = {
     "keystore.passphrase": (None, _str, ""),  # a Java keystore's; PEM files need none
     "ssh.keys.dir": ("ssh_keys_dir", _str, "/root/.ssh"),  # ModifySshKeysCommand's keys
     "metrics.listen": ("metrics_listen", _listen, ""),
+    "local.storage.uuid": ("local_storage_uuid", _str, ""),
+    "local.storage.path": ("local_storage_path", _str, "/var/lib/libvirt/images/"),
+    "mount.path": ("mount_path", _str, "/mnt"),
+    "ha.heartbeat.sharedmountpoint": ("ha_heartbeat_shared_mount_point", _bool, "false"),
+    "ha.heartbeat.interval": ("ha_heartbeat_interval", lambda k: _float(k, 0.1, 3600), "10"),
+    "ha.heartbeat.timeout": ("ha_heartbeat_timeout", lambda k: _float(k, 1, 3600), "60"),
+    "ha.fence.reboot": ("ha_fence_reboot", _bool, "false"),
 }
 # What SIGHUP applies (listed in etc/agent.properties); any other key keeps its value until
 # a restart, and a change to it is logged as needing one. Identity, the hypervisor
@@ -252,6 +260,10 @@ RELOADABLE: frozenset[str] = frozenset(_KEYS) - {
     "state.dir",
     "pki.root",
     "metrics.listen",
+    "local.storage.uuid",
+    "local.storage.path",
+    "mount.path",
+    "ha.heartbeat.sharedmountpoint",
 }
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _RELOAD_MODES = ("auto", "update-tls", "restart", "none")
@@ -301,6 +313,15 @@ class AgentConfig:
     pki_root: Path
     ssh_keys_dir: Path
     metrics_listen: str
+    local_storage_uuid: str
+    local_storage_path: str
+    mount_path: str
+    ha_heartbeat_shared_mount_point: bool
+    ha_heartbeat_interval: float
+    ha_heartbeat_timeout: float
+    ha_fence_reboot: bool
+    # (uuid, absolute path) of each local pool: local.storage.uuid/path paired in order.
+    local_storage: tuple[tuple[str, str], ...]
 
     @property
     def host_guid(self) -> str:
@@ -334,6 +355,19 @@ class AgentConfig:
                 f"invalid value for 'libvirtd.reload': {values['libvirtd_reload']!r} "
                 f"(expected one of {', '.join(_RELOAD_MODES)})"
             )
+        values["local_storage"] = local_pools(
+            values["local_storage_uuid"], values["local_storage_path"]
+        )
+        if not values["mount_path"].startswith("/"):
+            raise ConfigError(
+                f"invalid value for 'mount.path': {values['mount_path']!r} is not absolute"
+            )
+        if values["ha_heartbeat_interval"] >= values["ha_heartbeat_timeout"]:
+            raise ConfigError(
+                "invalid values for 'ha.heartbeat.interval' and 'ha.heartbeat.timeout': the "
+                f"heartbeat must be written more often ({values['ha_heartbeat_interval']:g} s) "
+                f"than the age at which it reads as dead ({values['ha_heartbeat_timeout']:g} s)"
+            )
         return cls(path=path, **values)
 
     @classmethod
@@ -357,7 +391,30 @@ class AgentConfig:
             if getattr(new, attr) != getattr(self, attr):
                 restart.append(key)
             kept[attr] = getattr(self, attr)
+        kept["local_storage"] = self.local_storage  # derived from two restart-only keys
         return attrs.evolve(new, **kept), restart
+
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def local_pools(uuids: str, paths: str) -> tuple[tuple[str, str], ...]:
+    """``local.storage.uuid`` and ``local.storage.path``, comma-separated lists of the same
+    length (as the Java agent reads them; paths made absolute). No uuid: no local pool (the
+    Java agent would invent a new one at every start)."""
+    if not uuids.strip():
+        return ()
+    uuid_list = [u.strip() for u in uuids.split(",")]
+    path_list = [os.path.abspath(p.strip()) for p in paths.split(",")]
+    if len(uuid_list) != len(path_list):
+        raise ConfigError(
+            "invalid values for 'local.storage.uuid' and 'local.storage.path': "
+            f"{len(uuid_list)} uuid(s) for {len(path_list)} path(s); give one path per uuid"
+        )
+    for uuid in uuid_list:
+        if not _UUID.fullmatch(uuid):
+            raise ConfigError(f"invalid value for 'local.storage.uuid': {uuid!r:.60} is not a UUID")
+    return tuple(zip(uuid_list, path_list, strict=True))
 
 
 def cert_dir_of(props: Mapping[str, str], config_path: Path | None) -> Path:

@@ -31,11 +31,14 @@ from agent.daemon.sdnotify import Notifier
 from agent.daemon.shutdown import CLEANUP_SECONDS, Shutdown, end_session, let_work_finish
 from agent.daemon.signals import receive_signals, watchdog
 from agent.daemon.supervisor import Supervisor
+from agent.ha.heartbeat import Heartbeat
 from agent.handlers import HandlerRegistry
 from agent.hostparams import HostParams
+from agent.hypervisor import hostinfo
 from agent.hypervisor.connection import Hypervisor
 from agent.hypervisor.events import DomainEvent
 from agent.hypervisor.migration.engine import Migrations
+from agent.hypervisor.pools import Pools
 from agent.hypervisor.stats import Statistics, connection_for
 from agent.link.session import AgentSession, OutcomeKind
 from agent.link.state import StateStore
@@ -70,6 +73,10 @@ class Agent:
         self.state = StateStore(config.state_dir)
         self.migrations = Migrations(config, self.hypervisor)
         self.stats = Statistics(connection_for(self.hypervisor))
+        self.pools = Pools(self.hypervisor)
+        # Follows the pools the MS attaches; written as the IP the startup reports.
+        self.heartbeat = Heartbeat(self.pools, lambda: self.config, self._private_ip)
+        self.pools.watchers.append(self.heartbeat)
         self.ms_list = MsList(config, self.state)
         self.lifecycle = Shutdown(
             lambda: self.config.shutdown_grace,
@@ -163,6 +170,7 @@ class Agent:
             await resources.start(self.hypervisor.run)
             await resources.start(self.stats.hypervisor.run)
             await resources.start(self.migrations.run)
+            await resources.start(self.heartbeat.run)
             cfg = self.config
             async with TaskQueue.open(cfg.workers, cfg.command_buffer_bytes) as tasks:
                 self.tasks = tasks
@@ -224,6 +232,11 @@ class Agent:
         """A configuration with the MS's host parameters: one swap, as a reload does."""
         self.config = new
         self.migrations.apply(new)
+
+    def _private_ip(self) -> str | None:
+        """The private IP (private.network.device's), as StartupRoutingCommand reports it."""
+        found = hostinfo.private_interface(self.config.private_network_device)
+        return found.ip if found is not None else None
 
     def _on_domain_event(self, event: DomainEvent) -> None:
         # A VM started or stopped (a migration included): tell the MS now, not at the next ping.
