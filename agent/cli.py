@@ -3,6 +3,8 @@
 Exit codes: 0 done; 1 refused (invalid certificate, nothing changed), or installed but the
 PKI paths could not be linked (the message says which); 2 usage;
 10 stopped by the management server; 78 configuration error.
+``status``: 0 registered; 1 running but not registered; 3 not running; 4 cannot tell
+(agent.observe.report).
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--no-link", action="store_true", help="do not link libvirt's PKI paths")
     imp.add_argument("--root", type=Path, help="system root for the PKI paths (default: /)")
 
+    st = sub.add_parser("status", help="the running agent's state (exit 0: registered)")
+    st.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="agent.properties")
+    st.add_argument("--json", action="store_true", help="print the status as JSON")
+
     try:
         _setup_tool().add_parser(sub)
     except ModuleNotFoundError:  # a partial install without the setup tool
@@ -76,7 +82,7 @@ def keystore_setup(args: argparse.Namespace) -> int:
 
 
 def keystore_cert_import(args: argparse.Namespace) -> int:
-    from agent.certs.keys import CertificateError
+    from agent.certs.certinfo import CertificateError
     from agent.certs.store import CertStore
 
     store = CertStore(_cert_dir(args))
@@ -97,6 +103,13 @@ def keystore_cert_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def status(args: argparse.Namespace) -> int:
+    from agent.observe import report
+
+    config = AgentConfig.load(args.config)  # state.dir says where the agent's socket is
+    return report.run(config.state_dir, as_json=args.json, out=sys.stdout, err=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -106,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return keystore_cert_import(args)
         if args.command == "setup":
             return int(_setup_tool().run(args))
+        if args.command == "status":
+            return status(args)
         config = AgentConfig.load(args.config, args.overrides)
     except ConfigError as exc:
         print(f"kvm-agent: {exc}", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -172,6 +173,26 @@ def _str(_key: str) -> Any:
     return lambda raw: raw.strip()
 
 
+def _listen(key: str) -> Any:
+    """``host:port`` to bind (``[v6]:port``), or empty for off. The host is required: an
+    endpoint is bound only where the operator says (0.0.0.0 for every interface)."""
+
+    def convert(raw: str) -> str:
+        value = raw.strip()
+        if not value:
+            return ""
+        host, port = split_host_port(value, -1)
+        problem = host_entry_problem(value) if host and port >= 0 else "not host:port"
+        if problem is not None:
+            raise ConfigError(
+                f"invalid value for '{key}': {value!r:.80}: {problem} "
+                "(e.g. 127.0.0.1:9108, 0.0.0.0:9108 for every interface; empty for off)"
+            )
+        return value
+
+    return convert
+
+
 # key -> (attribute, converter factory, default as written in agent.properties or None).
 # An attribute of None: a key of CloudStack's agent.properties that is accepted (and
 # validated) but not used by this agent.
@@ -195,6 +216,7 @@ _KEYS: dict[str, tuple[str | None, Any, str | None]] = {
     "hypervisor.type": (None, _str, "kvm"),  # KVM is the only one
     "hypervisor.uri": ("hypervisor_uri", _str, "qemu:///system"),
     "private.network.device": ("private_network_device", _str, ""),
+    "public.network.device": ("public_network_device", _str, "cloudbr0"),
     "host.reserved.mem.mb": ("host_reserved_mem_mb", lambda k: _int(k, 0), "1024"),
     "cert.dir": ("cert_dir", _str, ""),
     "state.dir": ("state_dir", _str, "/var/lib/cloudstack/agent"),
@@ -214,6 +236,14 @@ _KEYS: dict[str, tuple[str | None, Any, str | None]] = {
     "pki.root": ("pki_root", _str, "/"),
     "keystore.passphrase": (None, _str, ""),  # a Java keystore's; PEM files need none
     "ssh.keys.dir": ("ssh_keys_dir", _str, "/root/.ssh"),  # ModifySshKeysCommand's keys
+    "metrics.listen": ("metrics_listen", _listen, ""),
+    "local.storage.uuid": ("local_storage_uuid", _str, ""),
+    "local.storage.path": ("local_storage_path", _str, "/var/lib/libvirt/images/"),
+    "mount.path": ("mount_path", _str, "/mnt"),
+    "ha.heartbeat.sharedmountpoint": ("ha_heartbeat_shared_mount_point", _bool, "false"),
+    "ha.heartbeat.interval": ("ha_heartbeat_interval", lambda k: _float(k, 0.1, 3600), "10"),
+    "ha.heartbeat.timeout": ("ha_heartbeat_timeout", lambda k: _float(k, 1, 3600), "60"),
+    "ha.fence.reboot": ("ha_fence_reboot", _bool, "false"),
 }
 # What SIGHUP applies (listed in etc/agent.properties); any other key keeps its value until
 # a restart, and a change to it is logged as needing one. Identity, the hypervisor
@@ -229,6 +259,11 @@ RELOADABLE: frozenset[str] = frozenset(_KEYS) - {
     "cert.dir",
     "state.dir",
     "pki.root",
+    "metrics.listen",
+    "local.storage.uuid",
+    "local.storage.path",
+    "mount.path",
+    "ha.heartbeat.sharedmountpoint",
 }
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _RELOAD_MODES = ("auto", "update-tls", "restart", "none")
@@ -258,6 +293,7 @@ class AgentConfig:
     command_buffer_bytes: int
     hypervisor_uri: str
     private_network_device: str
+    public_network_device: str
     host_reserved_mem_mb: int
     cert_dir: Path
     state_dir: Path
@@ -276,6 +312,16 @@ class AgentConfig:
     libvirtd_reload: str
     pki_root: Path
     ssh_keys_dir: Path
+    metrics_listen: str
+    local_storage_uuid: str
+    local_storage_path: str
+    mount_path: str
+    ha_heartbeat_shared_mount_point: bool
+    ha_heartbeat_interval: float
+    ha_heartbeat_timeout: float
+    ha_fence_reboot: bool
+    # (uuid, absolute path) of each local pool: local.storage.uuid/path paired in order.
+    local_storage: tuple[tuple[str, str], ...]
 
     @property
     def host_guid(self) -> str:
@@ -309,6 +355,19 @@ class AgentConfig:
                 f"invalid value for 'libvirtd.reload': {values['libvirtd_reload']!r} "
                 f"(expected one of {', '.join(_RELOAD_MODES)})"
             )
+        values["local_storage"] = local_pools(
+            values["local_storage_uuid"], values["local_storage_path"]
+        )
+        if not values["mount_path"].startswith("/"):
+            raise ConfigError(
+                f"invalid value for 'mount.path': {values['mount_path']!r} is not absolute"
+            )
+        if values["ha_heartbeat_interval"] >= values["ha_heartbeat_timeout"]:
+            raise ConfigError(
+                "invalid values for 'ha.heartbeat.interval' and 'ha.heartbeat.timeout': the "
+                f"heartbeat must be written more often ({values['ha_heartbeat_interval']:g} s) "
+                f"than the age at which it reads as dead ({values['ha_heartbeat_timeout']:g} s)"
+            )
         return cls(path=path, **values)
 
     @classmethod
@@ -332,7 +391,30 @@ class AgentConfig:
             if getattr(new, attr) != getattr(self, attr):
                 restart.append(key)
             kept[attr] = getattr(self, attr)
+        kept["local_storage"] = self.local_storage  # derived from two restart-only keys
         return attrs.evolve(new, **kept), restart
+
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def local_pools(uuids: str, paths: str) -> tuple[tuple[str, str], ...]:
+    """``local.storage.uuid`` and ``local.storage.path``, comma-separated lists of the same
+    length (as the Java agent reads them; paths made absolute). No uuid: no local pool (the
+    Java agent would invent a new one at every start)."""
+    if not uuids.strip():
+        return ()
+    uuid_list = [u.strip() for u in uuids.split(",")]
+    path_list = [os.path.abspath(p.strip()) for p in paths.split(",")]
+    if len(uuid_list) != len(path_list):
+        raise ConfigError(
+            "invalid values for 'local.storage.uuid' and 'local.storage.path': "
+            f"{len(uuid_list)} uuid(s) for {len(path_list)} path(s); give one path per uuid"
+        )
+    for uuid in uuid_list:
+        if not _UUID.fullmatch(uuid):
+            raise ConfigError(f"invalid value for 'local.storage.uuid': {uuid!r:.60} is not a UUID")
+    return tuple(zip(uuid_list, path_list, strict=True))
 
 
 def cert_dir_of(props: Mapping[str, str], config_path: Path | None) -> Path:

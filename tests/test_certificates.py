@@ -17,8 +17,8 @@ import pytest
 import trio
 from cryptography import x509
 
+from agent.certs.certinfo import CertificateError
 from agent.certs.dhparams import DH_PARAMS, FFDHE3072_PEM
-from agent.certs.keys import CertificateError
 from agent.certs.store import CertStore
 from agent.certs.system_pki import PKI_LINKS, certificate_set
 from agent.handlers import HandlerRegistry

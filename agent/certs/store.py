@@ -24,18 +24,11 @@ from pathlib import Path
 
 import structlog
 
+from agent.certs.certinfo import CertificateError
 from agent.certs.dhparams import ensure_dh_params
-from agent.certs.keys import (
-    CertificateError,
-    ValidCertificate,
-    load_private_key,
-    make_csr,
-    new_private_key,
-    private_key_pem,
-    validate,
-)
 from agent.certs.system_pki import PKI_LINKS
 from agent.certs.trust import CA_FILE, CERT_FILE, KEY_FILE
+from agent.certs.verify import ValidCertificate, validate
 from agent.fsutil import atomic_write, fsync_dir
 
 log = structlog.get_logger("agent.certs.store")
@@ -66,6 +59,10 @@ class CertStore:
 
     def new_csr(self, fqdn: str, names: list[str], ips: list[str]) -> bytes:
         """A new private key (kept pending, 0600) and its CSR; the current set is untouched."""
+        # Only here does the agent need ``cryptography``: imported when a key is made, so
+        # the daemon that never makes one never carries it (issue 13).
+        from agent.certs.keys import make_csr, new_private_key, private_key_pem
+
         key = new_private_key()
         csr = make_csr(key, fqdn, names, ips)
         self.pending.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -96,7 +93,6 @@ class CertStore:
             raise CertificateError(
                 "no private key: none was sent and no key is pending (run keystore-setup first)"
             )
-        load_private_key(key)
         info = validate(cert_pem, key, ca_pem, now=now)
         self._convert_legacy()
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")

@@ -14,9 +14,12 @@ import structlog
 import trio
 from attrs import frozen
 
-from agent.certs.keys import CertificateError, ValidCertificate, validate
+from agent.certs.certinfo import CertificateError
+from agent.certs.expiry import not_after
 from agent.certs.trust import CA_FILE, CERT_FILE, KEY_FILE
+from agent.certs.verify import ValidCertificate, validate
 from agent.config import AgentConfig
+from agent.observe.observer import observer
 
 log = structlog.get_logger("agent.system_pki")
 
@@ -50,6 +53,7 @@ class SecurityReport:
     secured: bool
     reasons: tuple[str, ...]  # why not secured (empty when secured)
     certificate: ValidCertificate | None
+    not_after: dt.datetime | None = None  # cloud.crt's, valid or not (None: unreadable)
 
 
 def certificate_set(cert_dir: Path, *, now: dt.datetime | None = None) -> ValidCertificate:
@@ -100,7 +104,8 @@ def evaluate(
         )
     if absent := missing(root, QEMU_TLS_FILES):
         reasons.append(f"QEMU TLS files missing: {', '.join(absent)}")
-    return SecurityReport(not reasons, tuple(reasons), certificate)
+    ends = certificate.not_after if certificate is not None else not_after(cert_dir)
+    return SecurityReport(not reasons, tuple(reasons), certificate, ends)
 
 
 async def secured(config: AgentConfig) -> bool:
@@ -111,6 +116,8 @@ async def secured(config: AgentConfig) -> bool:
             config.cert_dir, tls_enabled_setting=config.libvirtd_tls_enabled, root=config.pki_root
         )
     )
+    observer().secured(report.secured, report.reasons)
+    observer().certificate(report.not_after)
     if report.secured:
         log.info(
             "host is secured",

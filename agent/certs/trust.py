@@ -16,14 +16,13 @@ included) during the handshake, before a single byte of the session can be sent.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 import ssl
 import tempfile
 from pathlib import Path
 
 from attrs import frozen
+
+from agent.certs.certinfo import decode_body, is_one_der_sequence, pem_blocks, pem_encode
 
 CA_FILE = "cloud.ca.crt"
 CERT_FILE = "cloud.crt"
@@ -32,7 +31,6 @@ KEY_FILE = "cloud.key"
 # X509_CERT_AUX ::= SEQUENCE { trust SEQUENCE OF OBJECT IDENTIFIER } holding only
 # id-kp-serverAuth: 30 0c (aux) 30 0a (trust) 06 08 2b06010505070301 (1.3.6.1.5.5.7.3.1).
 SERVER_AUTH_TRUST = bytes.fromhex("300c300a06082b06010505070301")
-_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.S)
 
 
 class TLSConfigError(Exception):
@@ -112,42 +110,22 @@ def trusted_certificates(bundle: bytes, *, source: str) -> bytes:
     """The CERTIFICATE blocks of ``bundle`` as TRUSTED CERTIFICATE blocks trusted for
     serverAuth. Anything else in a PEM block is refused: a CA file holds certificates."""
     out: list[bytes] = []
-    for number, match in enumerate(_PEM_BLOCK.finditer(bundle), start=1):
-        label = match.group(1).decode("ascii")
+    for number, (label, body) in enumerate(pem_blocks(bundle), start=1):
         if label != "CERTIFICATE":
             raise TLSConfigError(
                 f"{source}: PEM block {number} is a {label!r}; a CA file holds only "
                 "'CERTIFICATE' blocks"
             )
         try:
-            der = base64.b64decode(b"".join(match.group(2).split()), validate=True)
-        except (binascii.Error, ValueError):
+            der = decode_body(body)
+        except ValueError:
             raise TLSConfigError(f"{source}: certificate {number} is not valid base64") from None
-        if not _is_one_der_sequence(der):
+        if not is_one_der_sequence(der):
             raise TLSConfigError(f"{source}: certificate {number} is not one DER certificate")
-        out.append(_pem("TRUSTED CERTIFICATE", der + SERVER_AUTH_TRUST))
+        out.append(pem_encode("TRUSTED CERTIFICATE", der + SERVER_AUTH_TRUST))
     if not out:
         raise TLSConfigError(f"{source} holds no PEM certificate")
     return b"".join(out)
-
-
-def _is_one_der_sequence(der: bytes) -> bool:
-    """True when ``der`` is exactly one DER SEQUENCE (what a certificate is)."""
-    if len(der) < 2 or der[0] != 0x30:
-        return False
-    first = der[1]
-    if first < 0x80:
-        return len(der) == 2 + first
-    size = first & 0x7F
-    if size == 0 or size > 4 or len(der) < 2 + size:
-        return False
-    return len(der) == 2 + size + int.from_bytes(der[2 : 2 + size], "big")
-
-
-def _pem(label: str, der: bytes) -> bytes:
-    body = base64.b64encode(der)
-    lines = b"\n".join(body[i : i + 64] for i in range(0, len(body), 64))
-    return b"-----BEGIN %s-----\n%s\n-----END %s-----\n" % (label.encode(), lines, label.encode())
 
 
 def _reason(exc: Exception) -> str:

@@ -4,7 +4,8 @@
 that uses them:
 
   resources: signals (SIGTERM/SIGINT -> stop, SIGHUP -> reload), the systemd watchdog,
-             the hypervisor connection, the migration jobs
+             the status socket and the metrics server (agent.observe), the hypervisor
+             connection (and the statistics' own), the migration jobs
   └── TaskQueue (commands; lives across sessions)
       └── work: libvirtd's TLS reload after an import, the certificate expiry watch,
           the supervisor: connect -> AgentSession.run() -> next host ... until stopped
@@ -17,6 +18,7 @@ MS list agent.daemon.mslist's. What a handler may use of all this is its room's 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 import trio
@@ -29,15 +31,22 @@ from agent.daemon.sdnotify import Notifier
 from agent.daemon.shutdown import CLEANUP_SECONDS, Shutdown, end_session, let_work_finish
 from agent.daemon.signals import receive_signals, watchdog
 from agent.daemon.supervisor import Supervisor
+from agent.ha.heartbeat import Heartbeat
 from agent.handlers import HandlerRegistry
 from agent.hostparams import HostParams
+from agent.hypervisor import hostinfo
 from agent.hypervisor.connection import Hypervisor
 from agent.hypervisor.events import DomainEvent
 from agent.hypervisor.migration.engine import Migrations
+from agent.hypervisor.pools import Pools
+from agent.hypervisor.stats import Statistics, connection_for
 from agent.link.session import AgentSession, OutcomeKind
 from agent.link.state import StateStore
 from agent.link.tasks import TaskQueue
 from agent.link.transport import MessageStream
+from agent.observe import status
+from agent.observe.observer import install, uninstall
+from agent.observe.recorder import Facts, Recorder
 
 log = structlog.get_logger("agent.daemon")
 
@@ -63,6 +72,11 @@ class Agent:
         )
         self.state = StateStore(config.state_dir)
         self.migrations = Migrations(config, self.hypervisor)
+        self.stats = Statistics(connection_for(self.hypervisor))
+        self.pools = Pools(self.hypervisor)
+        # Follows the pools the MS attaches; written as the IP the startup reports.
+        self.heartbeat = Heartbeat(self.pools, lambda: self.config, self._private_ip)
+        self.pools.watchers.append(self.heartbeat)
         self.ms_list = MsList(config, self.state)
         self.lifecycle = Shutdown(
             lambda: self.config.shutdown_grace,
@@ -82,6 +96,14 @@ class Agent:
         self.handle_signals = handle_signals
         self.tasks: TaskQueue = None  # type: ignore[assignment]  # set by run()
         self.finished = trio.Event()  # run() has returned
+        # What the agent tells (agent.observe): facts for `kvm-agent status`, and metrics
+        # when metrics.listen is set (prometheus_client is imported only then).
+        self.recorder = Recorder()
+        self.metrics_served: dict[str, str | None] | None = None
+        if config.metrics_listen:
+            from agent.observe.metrics import Metrics
+
+            self.recorder.metrics = Metrics(lambda: self.tasks.in_flight if self.tasks else 0)
 
     # --- what tests and tools look at -----------------------------------------------
 
@@ -101,15 +123,30 @@ class Agent:
     def exit_code(self) -> int:
         return self.lifecycle.exit_code
 
+    @property
+    def facts(self) -> Facts:
+        return self.recorder.facts
+
+    def live(self) -> dict[str, Any]:
+        """For `kvm-agent status` (agent.observe.status.StatusSource)."""
+        return {
+            "host_id": self.state.current.host_id,
+            "commands_in_flight": self.tasks.in_flight if self.tasks is not None else 0,
+            "migrations_running": self.migrations.running,
+            "metrics": self.metrics_served,
+        }
+
     # --- running --------------------------------------------------------------------
 
     async def run(self) -> int:
         """Run until stopped; returns the process exit code. ConfigError (exit 78) when
         state.dir cannot be used or another agent holds it."""
         self.state.acquire()
+        observing = install(self.recorder)  # for every task this agent starts
         try:
             return await self._run()
         finally:
+            uninstall(observing)
             self.lifecycle.cancel_backstop()
             self.state.release()
             self.finished.set()
@@ -127,9 +164,13 @@ class Agent:
                 resources.start_soon(receive_signals, self.request_stop, self.reload)
             if (interval := self.notifier.watchdog_interval()) is not None:
                 resources.start_soon(watchdog, self.notifier, interval)
+            await resources.start(status.serve, self)
+            await self._serve_metrics(resources)
             self.hypervisor.lifecycle_listeners.append(self._on_domain_event)
             await resources.start(self.hypervisor.run)
+            await resources.start(self.stats.hypervisor.run)
             await resources.start(self.migrations.run)
+            await resources.start(self.heartbeat.run)
             cfg = self.config
             async with TaskQueue.open(cfg.workers, cfg.command_buffer_bytes) as tasks:
                 self.tasks = tasks
@@ -147,6 +188,20 @@ class Agent:
         self.notifier.stopping()
         log.info("agent stopped", exit_code=self.exit_code)
         return self.exit_code
+
+    async def _serve_metrics(self, nursery: trio.Nursery) -> None:
+        listen = self.config.metrics_listen
+        if not listen:
+            return
+        from agent.observe.metrics import Metrics, serve
+
+        assert isinstance(self.recorder.metrics, Metrics)
+        bound = await nursery.start(serve, self.recorder.metrics, listen)
+        self.metrics_served = {
+            "listen": listen,
+            "url": f"http://{bound}/metrics" if bound else None,
+            "error": None if bound else f"cannot serve metrics on {listen} (see the log)",
+        }
 
     def request_stop(self) -> None:
         """SIGTERM: no new commands, ShutdownCommand to the MS, finish in-flight work, exit."""
@@ -177,6 +232,11 @@ class Agent:
         """A configuration with the MS's host parameters: one swap, as a reload does."""
         self.config = new
         self.migrations.apply(new)
+
+    def _private_ip(self) -> str | None:
+        """The private IP (private.network.device's), as StartupRoutingCommand reports it."""
+        found = hostinfo.private_interface(self.config.private_network_device)
+        return found.ip if found is not None else None
 
     def _on_domain_event(self, event: DomainEvent) -> None:
         # A VM started or stopped (a migration included): tell the MS now, not at the next ping.

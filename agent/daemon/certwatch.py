@@ -8,9 +8,10 @@ from collections.abc import Awaitable, Callable
 import structlog
 import trio
 
-from agent.certs.expiry import expiry_warning
+from agent.certs.expiry import not_after, warning_for
 from agent.certs.libvirtd import reload_libvirtd
 from agent.config import AgentConfig
+from agent.observe.observer import observer
 
 log = structlog.get_logger("agent.certwatch")
 
@@ -58,9 +59,9 @@ async def expiry_watch(config: Callable[[], AgentConfig], interval: float = 24 *
     """Once a day: warn while the certificate nears its end, loudly once it is past."""
     while True:
         cfg = config()
-        warning = await trio.to_thread.run_sync(
-            expiry_warning, cfg.cert_dir, cfg.cert_expiry_warn_days
-        )
+        ends = await trio.to_thread.run_sync(not_after, cfg.cert_dir)
+        observer().certificate(ends)
+        warning = warning_for(ends, cfg.cert_dir, cfg.cert_expiry_warn_days)
         if warning is not None:
             level, text = warning
             (log.error if level == "error" else log.warning)(text)

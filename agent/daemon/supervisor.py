@@ -20,6 +20,7 @@ from agent.daemon.mslist import MsList
 from agent.daemon.sdnotify import Notifier
 from agent.link.session import AgentServices, AgentSession, OutcomeKind
 from agent.link.transport import ConnectionLost, MessageStream
+from agent.observe.observer import observer
 from protocol import Session
 
 log = structlog.get_logger("agent.supervisor")
@@ -78,6 +79,7 @@ class Supervisor:
                         connected = await self._connector(host)
                     except ConnectionLost as exc:
                         log.warning("connect failed", host=host, error=str(exc))
+                        observer().connect_failed(host, str(exc))
                         cycler.attempt_failed(host, trio.current_time())
                 self._connecting = None
                 if connected is None:
@@ -100,6 +102,7 @@ class Supervisor:
                 nursery.start_soon(self._return_to_preferred, session)
             outcome = await session.run()
             nursery.cancel_scope.cancel()
+        observer().session_down(stream.peer, outcome.kind.value, outcome.reason)
         self.session, self.current_host = None, None
         now = trio.current_time()
         if outcome.kind in (OutcomeKind.LOST, OutcomeKind.REFUSED):
@@ -112,6 +115,7 @@ class Supervisor:
 
     async def _announce(self, session: AgentSession, host: str) -> None:
         await session.registered.wait()
+        observer().session_up(session.stream.peer)
         if not self._announced_ready:
             self._announced_ready = True
             self.notifier.ready(f"registered with {host}")

@@ -13,7 +13,7 @@ from typing import Protocol
 import structlog
 import trio
 
-from agent.certs.keys import CertificateError
+from agent.certs.certinfo import CertificateError
 from agent.certs.store import CertStore
 from agent.config import AgentConfig
 from agent.handlers import handler

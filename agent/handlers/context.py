@@ -14,9 +14,12 @@ from typing import Protocol
 from attrs import frozen
 
 from agent.config import AgentConfig
+from agent.ha.heartbeat import Heartbeat
 from agent.hostparams import Applied
 from agent.hypervisor.connection import Hypervisor
 from agent.hypervisor.migration.engine import Migrations
+from agent.hypervisor.pools import Pools
+from agent.hypervisor.stats import Statistics
 from protocol.messages.host import ReadyCommand
 
 
@@ -81,6 +84,9 @@ class CommandContext:
     lifecycle: AgentLifecycle
     tls_reload: TlsReload
     host_params: HostParamsControl
+    stats: Statistics
+    pools: Pools
+    heartbeat: Heartbeat
 
     def end_session(self, reason: str, *, retry_same_host_later: bool) -> None:
         """End the session once this command's answer has been sent."""

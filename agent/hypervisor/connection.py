@@ -21,6 +21,7 @@ from agent.hypervisor import domains
 from agent.hypervisor.domains import DomainState
 from agent.hypervisor.events import DomainEvent, lifecycle_event, start_event_loop
 from agent.hypervisor.facts import HostFacts, read_facts
+from agent.observe.observer import observer
 
 log = structlog.get_logger("agent.hypervisor")
 _T = TypeVar("_T")
@@ -110,6 +111,7 @@ class Hypervisor:
                     )
                 except HypervisorError as exc:
                     self.last_error = str(exc)
+                    observer().libvirt(False, self.last_error)
                     log.warning(
                         "libvirt unreachable", uri=self.uri, error=str(exc), retry_in=backoff
                     )
@@ -121,6 +123,7 @@ class Hypervisor:
                     continue
                 self._conn = opened.conn
                 log.info("libvirt connected", uri=self.uri)
+                observer().libvirt(True, None)
                 backoff = 0.5
                 self.last_error = None
                 if self.reconnects:
@@ -129,6 +132,7 @@ class Hypervisor:
                     started = True
                     task_status.started()
                 await self._lost.wait()
+                observer().libvirt(False, self.last_error)  # not in _on_closed: no agent context
                 self._lost = trio.Event()
                 self.reconnects += 1
                 # The close callback only marked it lost: close it here, or it leaks

@@ -16,6 +16,7 @@ import trio
 from attrs import frozen
 
 from agent.config import AgentConfig, backoff_from_ms
+from agent.ha.heartbeat import Heartbeat
 from agent.handlers import HandlerRegistry
 from agent.handlers.context import (
     AgentLifecycle,
@@ -26,12 +27,15 @@ from agent.handlers.context import (
 )
 from agent.hypervisor.connection import Hypervisor
 from agent.hypervisor.migration.engine import Migrations
+from agent.hypervisor.pools import Pools
+from agent.hypervisor.stats import Statistics
 from agent.hypervisor.vmstate import vm_state_report
 from agent.link.budget import REQUEST_OVERHEAD
-from agent.link.startup import startup_command
+from agent.link.startup import local_storage_commands, startup_command
 from agent.link.state import StateStore
 from agent.link.tasks import QueueClosed, TaskQueue
 from agent.link.transport import ConnectionLost, MessageStream, RequestTimeout
+from agent.observe.observer import observer
 from protocol import LocalProtocolError, Request
 from protocol.header import HEADER_SIZE
 from protocol.messages.host import (
@@ -99,6 +103,15 @@ class AgentServices(Protocol):
 
     @property
     def host_params(self) -> HostParamsControl: ...
+
+    @property
+    def stats(self) -> Statistics: ...
+
+    @property
+    def pools(self) -> Pools: ...
+
+    @property
+    def heartbeat(self) -> Heartbeat: ...
 
 
 class AgentSession:
@@ -193,9 +206,11 @@ class AgentSession:
     async def send_startup(self) -> None:
         async with self._startup_lock:
             command = await startup_command(self.services, self.log)
+            # Local pools travel in the same request, as the Java agent sends them.
+            local = await local_storage_commands(self.services, command, self.log)
             try:
                 response = await self.stream.request(
-                    [command], timeout=self.services.config.startup_timeout
+                    [command, *local], timeout=self.services.config.startup_timeout
                 )
             except RequestTimeout:
                 self.finish(OutcomeKind.LOST, "no StartupAnswer in time")
@@ -338,6 +353,9 @@ class AgentSession:
                 lifecycle=services.lifecycle,
                 tls_reload=services.tls_reload,
                 host_params=services.host_params,
+                stats=services.stats,
+                pools=services.pools,
+                heartbeat=services.heartbeat,
             )
             try:
                 answer = await handler(command, ctx)
@@ -350,6 +368,9 @@ class AgentSession:
             result=result,
             duration_ms=round((trio.current_time() - started) * 1000, 1),
             details=getattr(answer, "details", None) if not result else None,
+        )
+        observer().command_done(
+            name, handler is not None, bool(result), trio.current_time() - started
         )
         return answer
 

@@ -16,8 +16,12 @@ from agent.certs import system_pki
 from agent.config import RESOURCE_NAME, AgentConfig
 from agent.hypervisor.connection import Hypervisor, HypervisorError
 from agent.hypervisor.facts import os_only_facts
+from agent.hypervisor.pooldefs import PoolError, PoolKind, dir_pool
+from agent.hypervisor.pools import Pools
 from agent.link.state import AgentState, StateStore
+from protocol.messages.enums import StoragePoolType, StorageResourceType
 from protocol.messages.host import StartupRoutingCommand
+from protocol.messages.storage import StartupStorageCommand, StoragePoolInfo
 
 
 class StartupServices(Protocol):
@@ -29,6 +33,9 @@ class StartupServices(Protocol):
 
     @property
     def state(self) -> StateStore: ...
+
+    @property
+    def pools(self) -> Pools: ...
 
 
 async def startup_command(services: StartupServices, log: Any) -> StartupRoutingCommand:
@@ -113,3 +120,53 @@ def ms_host_list(config: AgentConfig, state: AgentState) -> str:
         return config.host
     hosts = ",".join(state.ms_hosts)
     return f"{hosts}@{state.lb_algorithm}" if state.lb_algorithm else hosts
+
+
+async def local_storage_commands(
+    services: StartupServices, routing: StartupRoutingCommand, log: Any
+) -> list[StartupStorageCommand]:
+    """A StartupStorageCommand per local pool of ``local.storage.uuid``/``path``, each set up
+    as a libvirt dir pool first (LibvirtComputingResource.initialize/createLocalStoragePool).
+    A pool that cannot be set up is logged and left out, as the Java agent does.
+
+    The identity fields are the routing command's: the Java agent (Agent.setupStartupCommand)
+    overwrites them on every startup command, the guid included (the host's, not the pool's).
+    """
+    commands = []
+    for uuid, path in services.config.local_storage:
+        try:
+            info = await services.pools.add(dir_pool(uuid, path, PoolKind.LOCAL))
+        except (PoolError, HypervisorError) as exc:
+            log.warning(
+                "local storage pool not set up: not reported to the management server",
+                pool=uuid,
+                path=path,
+                error=str(exc),
+            )
+            continue
+        pool_info = StoragePoolInfo(
+            uuid=uuid,
+            host=routing.private_ip_address,
+            host_path=path,
+            local_path=path,
+            pool_type=StoragePoolType.FILESYSTEM,
+            capacity_bytes=info.capacity,
+            available_bytes=info.available,
+        )
+        commands.append(
+            StartupStorageCommand(
+                data_center=routing.data_center,
+                pod=routing.pod,
+                guid=routing.guid,
+                name=routing.name,
+                id=routing.id,
+                version=routing.version,
+                resource_name=routing.resource_name,
+                ms_host_list=routing.ms_host_list,
+                connection_transferred=routing.connection_transferred,
+                arch=routing.arch,
+                pool_info=pool_info,
+                resource_type=StorageResourceType.STORAGE_POOL,
+            )
+        )
+    return commands

@@ -25,8 +25,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
+from agent.certs.certinfo import CertificateError
 from agent.certs.dhparams import DH_PARAMS, GROUP_NAME, needs_dh_params
-from agent.certs.keys import CertificateError
 from agent.certs.store import CertStore
 from agent.certs.system_pki import LIBVIRTD_CONF, PKI_LINKS, certificate_set
 from agent.config import DEFAULT_CONFIG, ConfigError, cert_dir_of, read_properties

@@ -40,6 +40,7 @@ from agent.hypervisor.migration.monitor import (
     watch,
 )
 from agent.hypervisor.remote import REMOTE_TIMEOUT, RemoteHosts
+from agent.observe.observer import observer
 from protocol.messages.migration import (
     MigrateAnswer,
     MigrateCommand,
@@ -240,6 +241,7 @@ class Migrations:
                     "finishes or cancels the job on its own: check both hosts",
                     abort_reason=job.abort_reason,
                 )
+            observer().migration_done(job.vm, job.dest, job.outcome, job.elapsed(), job.details)
             self.outgoing -= 1
             self._jobs.discard(job)
             if not self._jobs:

@@ -74,7 +74,26 @@ class MigrationJob:
     done: trio.Event = field(factory=trio.Event)
     answer: MigrateAnswer | None = None
     exit_deadline: float = math.inf  # set when the agent stops
+    started: float = field(factory=trio.current_time)
     _bounds: list[trio.CancelScope] = field(factory=list)
+
+    @property
+    def outcome(self) -> str:
+        """What ended the job (agent.observe.observer.MIGRATION_OUTCOMES)."""
+        if self.answer is None:
+            return "unknown"  # the agent exits before the outcome was read
+        if self.answer.result:
+            return "completed"
+        if self.abort_reason is not None:
+            return "aborted"
+        return "timed_out" if self.monitor.timed_out else "failed"
+
+    @property
+    def details(self) -> str | None:
+        return self.answer.details if self.answer is not None else None
+
+    def elapsed(self) -> float:
+        return trio.current_time() - self.started
 
     def bounded(self, cap: float) -> trio.CancelScope:
         """A scope for one step: ``cap`` seconds, or less if a deadline is nearer. Steps end
