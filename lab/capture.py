@@ -12,20 +12,30 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import structlog
 from attrs import define
 
 from lab.netns import LabError
 
-if TYPE_CHECKING:
-    from lab.hosts import LabHost
-
 log = structlog.get_logger("lab.capture")
+
+
+class CaptureHost(Protocol):
+    """What a capture needs of a lab host (lab.hosts.LabHost), named here so that the host
+    module can offer captures without the two importing each other."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def veth(self) -> str: ...
+
+    def popen(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]: ...
 
 
 @define
@@ -59,7 +69,7 @@ def _count(text: str, what: str) -> int | None:
 
 
 @contextmanager
-def capture(host: LabHost, path: Path) -> Iterator[Capture]:
+def capture(host: CaptureHost, path: Path) -> Iterator[Capture]:
     """tcpdump on the host's uplink into ``path`` (a path outside the bound ones) for the
     duration of the block; capturing already when the block starts."""
     path = path.absolute()
