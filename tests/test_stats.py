@@ -382,18 +382,19 @@ async def test_pings_stay_on_time_while_long_statistics_calls_run(tmp_path: Path
                 watcher.start_soon(watch_pings)
                 await trio.sleep(3.5)  # the pings' own period (their VM report: MANY VMs)
                 started = time.monotonic()
-                async with trio.open_nursery() as calls:
-                    # Two collectors at once (answers of one entry per VM: their encoding
-                    # is not what is measured here).
-                    calls.start_soon(call, GetVmStatsCommand(vm_names=names))
-                    calls.start_soon(call, GetVmStatsCommand(vm_names=list(reversed(names))))
+                # Rounds of two collectors at once (answers of one entry per VM: their
+                # encoding is not what is measured here), for long enough to span pings
+                # however fast this machine is.
+                while time.monotonic() - started < 2.5:
+                    async with trio.open_nursery() as calls:
+                        calls.start_soon(call, GetVmStatsCommand(vm_names=names))
+                        calls.start_soon(call, GetVmStatsCommand(vm_names=list(reversed(names))))
                 took = time.monotonic() - started
                 watcher.cancel_scope.cancel()
         finally:
             proc.kill()
             proc.wait()
 
-    assert took >= 2.0, f"the calls took {took:.1f} s: too fast to show anything; raise MANY"
     gaps_before = [b - a for a, b in itertools.pairwise(pings) if b < started]
     gaps_during = [b - a for a, b in itertools.pairwise(pings) if started <= b <= started + took]
     assert gaps_before and len(gaps_during) >= 1, (pings, started, took)
