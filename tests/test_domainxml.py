@@ -180,8 +180,6 @@ def test_cpu_shares_cgroup_v1_v2_and_quota() -> None:
     )
     # No quota unless the VM is capped.
     assert build(vm_to(cpuQuotaPercentage=0.5)).find("./cputune/quota") is None
-    # libvirt without the cpu controller: no <shares>, no <cputune> left.
-    assert build(vm_to(), HostSide(cpu_shares=False)).find("./cputune") is None
 
 
 def test_memory_min_max_and_topology() -> None:

@@ -49,12 +49,10 @@ class DomainSpecError(ValueError):
 @frozen
 class HostSide:
     """What the host contributes. ``cgroup_v2_capacity``: host cores x MHz when the host uses
-    cgroup v2 (shares are scaled to it), 0 on cgroup v1. ``cpu_shares`` False: libvirt has
-    no cpu cgroup controller here, so no ``<shares>`` (libvirt would refuse the domain)."""
+    cgroup v2 (shares are scaled to it), 0 on cgroup v1."""
 
     emulator: str | None = None
     cgroup_v2_capacity: int = 0
-    cpu_shares: bool = True
     sockets_path: str = "/var/lib/libvirt/qemu"
 
 
@@ -294,14 +292,11 @@ def build(
         numa = _sub(cpu, "numa")
         _sub(numa, "cell", id="0", cpus=f"0-{vcpus_max - 1}", memory=str(current), unit="KiB")
 
-    cputune = ET.Element("cputune")
-    if host.cpu_shares:
-        _sub(cputune, "shares", str(cpu_shares(vm, host.cgroup_v2_capacity)))
+    cputune = _sub(dom, "cputune")
+    _sub(cputune, "shares", str(cpu_shares(vm, host.cgroup_v2_capacity)))
     if (capped := quota_and_period(vm)) is not None:
         _sub(cputune, "quota", str(capped[0]))
         _sub(cputune, "period", str(capped[1]))
-    if len(cputune):
-        dom.append(cputune)
 
     features = _sub(dom, "features")
     for name in ("pae", "apic", "acpi"):

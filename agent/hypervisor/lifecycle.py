@@ -34,8 +34,6 @@ log = structlog.get_logger("agent.lifecycle")
 
 STOP_POLL = 0.5  # seconds between looks while a guest powers off
 CGROUP = Path("/sys/fs/cgroup")
-# libvirt's refusals of <shares> when it has no cpu cgroup controller.
-_NO_CPU_CONTROLLER = ("cpu controller", "cpu tuning", "cgroup cpu", "cpu shares")
 
 
 class VmError(Exception):
@@ -47,7 +45,6 @@ class Started:
     name: str
     xml: str  # what was given to createXML
     bridges: tuple[str, ...]
-    shares: bool  # <shares> made it into the domain
 
 
 @frozen
@@ -133,9 +130,6 @@ def cgroup_v2_capacity(cpus: int, mhz: int, root: Path = CGROUP) -> int:
     return cpus * mhz if unified else 0
 
 
-_no_shares: set[str] = set()  # libvirt URIs whose libvirtd has no cpu cgroup controller
-
-
 async def _host_side(hypervisor: Hypervisor, arch: str) -> domainxml.HostSide:
     caps = await hypervisor.call(lambda conn: conn.getCapabilities())
     facts = hypervisor.last_facts
@@ -145,7 +139,6 @@ async def _host_side(hypervisor: Hypervisor, arch: str) -> domainxml.HostSide:
     return domainxml.HostSide(
         emulator=emulator_of(caps, arch),
         cgroup_v2_capacity=capacity,
-        cpu_shares=hypervisor.uri not in _no_shares,
     )
 
 
@@ -190,19 +183,7 @@ async def start(
     bridges = {p.device_id: p.bridge for p in plugged}
     try:
         xml = _xml(vm, host_ip, bridges, paths, host)
-        try:
-            await hypervisor.call(lambda conn: _create(conn, name, xml))
-        except HypervisorError as exc:
-            if not host.cpu_shares or not _refuses_shares(str(exc)):
-                raise
-            # This libvirtd has no cpu cgroup controller: the VM runs without shares.
-            _no_shares.add(hypervisor.uri)
-            log.warning(
-                "libvirt cannot apply CPU shares; starting without", vm=name, error=str(exc)
-            )
-            host = domainxml.HostSide(host.emulator, host.cgroup_v2_capacity, cpu_shares=False)
-            xml = _xml(vm, host_ip, bridges, paths, host)
-            await hypervisor.call(lambda conn: _create(conn, name, xml))
+        await hypervisor.call(lambda conn: _create(conn, name, xml))
     except BaseException as exc:
         # A VmError from _create is its refusal to touch a running namesake: leave it be.
         with trio.CancelScope(shield=True):
@@ -210,8 +191,8 @@ async def start(
         if isinstance(exc, HypervisorError):
             raise VmError(f"libvirt could not start VM {name}: {exc}") from None
         raise
-    log.info("vm started", vm=name, bridges=list(bridges.values()), shares=host.cpu_shares)
-    return Started(name, xml, tuple(bridges.values()), host.cpu_shares)
+    log.info("vm started", vm=name, bridges=list(bridges.values()))
+    return Started(name, xml, tuple(bridges.values()))
 
 
 def _xml(
@@ -226,11 +207,6 @@ def _xml(
     except domainxml.DomainSpecError as exc:
         raise VmError(f"cannot build the domain of VM {vm.name}: {exc}") from None
     return domainxml.to_xml(dom)
-
-
-def _refuses_shares(message: str) -> bool:
-    text = message.lower()
-    return any(words in text for words in _NO_CPU_CONTROLLER)
 
 
 async def _undo_start(
