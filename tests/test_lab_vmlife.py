@@ -7,19 +7,19 @@ from __future__ import annotations
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from typing import Any
 
 import attrs
 import pytest
 import trio
 
+from bench.vmlife import lab_vm_to
 from lab.ca import LAB_CA_DIRNAME, LabCA
 from lab.cloud import GUID_SUFFIX, LabCloud
 from lab.control import control_request
 from lab.hosts import Lab
 from lab.ms_side import verdict_for
 from lab.storage import SHARED_POOL_PATH, SHARED_POOL_UUID
-from protocol.codec import decode_array, from_json, to_json
+from protocol.codec import decode_array, to_json
 from protocol.messages.to import VirtualMachineTO
 from protocol.messages.vm import (
     RebootAnswer,
@@ -72,35 +72,7 @@ async def send(c: LabCloud, command: Command) -> Message:
 
 
 def vm_to(volume: str) -> VirtualMachineTO:
-    store = {
-        "org.apache.cloudstack.storage.to.PrimaryDataStoreTO": {
-            "uuid": SHARED_POOL_UUID, "name": "lab-primary", "id": 1,
-            "poolType": "SharedMountPoint", "host": "localhost", "path": SHARED_POOL_PATH,
-            "port": 0, "details": {}, "isManaged": False,
-        }
-    }  # fmt: skip
-    raw: dict[str, Any] = {
-        "id": 77, "name": VM, "state": "Starting", "type": "User", "cpus": 1,
-        "minSpeed": 500, "maxSpeed": 500, "minRam": 128 << 20, "maxRam": 128 << 20,
-        "arch": "x86_64", "os": "Other PV (64-bit)", "platformEmulator": "Other PV (64-bit)",
-        "enableHA": False, "limitCpuUse": False, "vncPassword": PASSWORD,
-        "uuid": str(uuid.uuid4()), "details": {},
-        "disks": [
-            {"data": {"org.apache.cloudstack.storage.to.VolumeObjectTO": {
-                "uuid": volume, "volumeType": "ROOT", "dataStore": store, "name": "ROOT-77",
-                "size": 8 << 20, "path": volume, "format": "QCOW2", "id": 77, "deviceId": 0,
-                "accountId": 2, "hypervisorType": "KVM"}},
-             "diskSeq": 0, "path": volume, "type": "ROOT"},
-            {"data": {"org.apache.cloudstack.storage.to.TemplateObjectTO": {"format": "ISO"}},
-             "diskSeq": 3, "type": "ISO"},
-        ],
-        "nics": [{
-            "deviceId": 0, "defaultNic": True, "mac": "02:00:4c:00:00:77", "ip": "10.1.1.77",
-            "type": "Guest", "broadcastType": "Native", "broadcastUri": "vlan://untagged",
-            "name": "cloudbr0", "networkRateMbps": -1,
-        }],
-    }  # fmt: skip
-    return from_json(VirtualMachineTO, raw, "lab test")
+    return lab_vm_to(VM, volume, PASSWORD)
 
 
 async def test_start_reboot_stop_on_a_lab_host(cloud: LabCloud, lab: Lab) -> None:
