@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 import libvirt
+import pytest
 import trio
 
 from agent.hypervisor.events import start_event_loop
@@ -133,3 +134,17 @@ async def test_failed_starts_say_why_and_leave_nothing(tmp_path: Path) -> None:
         verdict = verdict_for(missing_disk, answer)
         assert not verdict.ok and "another host is tried" in verdict.reason
     assert left == ["none", "none", "none"]
+
+
+async def test_libvirtd_away_is_a_clear_failure(tmp_path: Path) -> None:
+    from agent.hypervisor import lifecycle
+    from agent.hypervisor.connection import Hypervisor
+    from agent.hypervisor.pools import Pools
+    from agent.hypervisor.vifs import TrafficLabels
+
+    away = Hypervisor("test:///default")  # never run: not connected
+    vm = vm_on(tmp_path, "i-2-35-VM")
+    with pytest.raises(lifecycle.VmError, match="libvirt could not prepare VM i-2-35-VM"):
+        await lifecycle.start(away, Pools(away), vm, host_ip=None, labels=TrafficLabels())
+    with pytest.raises(lifecycle.VmError, match="libvirt could not stop VM i-2-35-VM"):
+        await lifecycle.stop(away, "i-2-35-VM", force=False, timeout=1)

@@ -62,6 +62,9 @@ async def start_vm(cmd: StartCommand, ctx: VmLifeContext) -> Message:
     except VmError as exc:
         log.warning("vm start failed", vm=vm.name, error=str(exc))
         return StartAnswer(result=False, details=str(exc), vm=vm)
+    except Exception as exc:  # a bug: still the class the MS looks for (else it throws)
+        log.exception("vm start failed", vm=vm.name)
+        return StartAnswer(result=False, details=_bug(f"start VM {vm.name}", exc), vm=vm)
     return StartAnswer(result=True, vm=vm)
 
 
@@ -82,6 +85,9 @@ async def stop_vm(cmd: StopCommand, ctx: VmLifeContext) -> Message:
     except VmError as exc:
         log.warning("vm stop failed", vm=name, error=str(exc))
         return StopAnswer(result=False, details=str(exc))
+    except Exception as exc:
+        log.exception("vm stop failed", vm=name)
+        return StopAnswer(result=False, details=_bug(f"stop VM {name}", exc))
     return StopAnswer(result=True, details=f"VM {name}: {stopped.how}")
 
 
@@ -94,4 +100,11 @@ async def reboot_vm(cmd: RebootCommand, ctx: VmLifeContext) -> Message:
         display = await lifecycle.reboot(ctx.hypervisor, name)
     except VmError as exc:
         return RebootAnswer(result=False, details=str(exc))
+    except Exception as exc:
+        log.exception("vm reboot failed", vm=name)
+        return RebootAnswer(result=False, details=_bug(f"reboot VM {name}", exc))
     return RebootAnswer(result=True, vnc_port=display)
+
+
+def _bug(what: str, exc: Exception) -> str:
+    return f"the agent failed to {what}: {type(exc).__name__}: {exc} (see the agent's log)"

@@ -171,11 +171,14 @@ async def start(
     name = vm.name or ""
     if not name:
         raise VmError("the StartCommand's VirtualMachineTO has no name")
-    state = await _state(hypervisor, name)
-    if state in LIVE:
-        raise VmError(f"VM {name} is already running on this host ({state}); stop it first")
-    paths = await disk_paths(vm, pools, mount_path)
-    host = await _host_side(hypervisor, vm.arch or "x86_64")
+    try:
+        state = await _state(hypervisor, name)
+        if state in LIVE:
+            raise VmError(f"VM {name} is already running on this host ({state}); stop it first")
+        paths = await disk_paths(vm, pools, mount_path)
+        host = await _host_side(hypervisor, vm.arch or "x86_64")
+    except HypervisorError as exc:
+        raise VmError(f"libvirt could not prepare VM {name}: {exc}") from None
     try:
         plugged = await vifs.plug_nics(vm.nics or [], labels)
     except VifError as exc:
