@@ -13,7 +13,7 @@ from typing import Any
 import trio
 
 from agent import logs
-from bench import burst, codec, migration, session, zone
+from bench import burst, codec, migration, session, vmlife, zone
 from lab.hosts import lab_unavailable
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -64,6 +64,13 @@ def main() -> int:
     else:
         results["zone"] = trio.run(zone.run)
         zone.print_table(results["zone"])
+    print("\n== vmlife (lab host a: StartCommand -> running, StopCommand -> gone) ==")
+    if reason:
+        print(f"skipped: {reason}")
+        results["vmlife"] = {"skipped": reason}
+    else:
+        results["vmlife"] = trio.run(vmlife.run)
+        vmlife.print_table(results["vmlife"])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwritten to {RESULTS}")
