@@ -7,8 +7,11 @@ and local pools (agent.hypervisor.volumes makes the files).
   (the volume's uuid), ``size`` = its virtual size, ``format`` = QCOW2. A missing base
   template says ``request template reload``: the MS then copies it to the pool again.
 * CopyCommand, a template on NFS secondary storage -> primary (copyTemplateToPrimaryStorage):
-  see agent.handlers.secondary... the same answer class, ``newData`` a TemplateObjectTO (or
-  a VolumeObjectTO when the destination is a volume).
+  the template's directory mounted as the Java agent mounts it (agent.hypervisor.secondary),
+  the file converted to qcow2 in the pool, named by the destination's uuid; the same answer
+  class, ``newData`` a TemplateObjectTO (path, size, format) or a VolumeObjectTO when the
+  destination is a volume. A missing file is a CopyCmdAnswer too (the Java agent sends a
+  PrimaryStorageDownloadAnswer there, which the MS does not expect).
 * CreateObjectCommand, a volume: **CreateObjectAnswer** with a VolumeObjectTO (path, size,
   format).
 * DeleteCommand, a volume: a plain Answer; ``result=true`` when the volume was not there.
@@ -20,10 +23,14 @@ Java agent sends for a combination it does not implement).
 
 from __future__ import annotations
 
+import os
 from typing import Protocol
+
+import trio
 
 from agent.config import AgentConfig
 from agent.handlers import handler
+from agent.hypervisor.secondary import SecondaryError, locate
 from agent.hypervisor.volumes import Provisioning, TemplateMissing, VolumeError, Volumes
 from protocol.messages.data_to import (
     DataStoreTO,
@@ -117,6 +124,10 @@ async def copy(cmd: CopyCommand, ctx: VolumesContext) -> Message:
     if isinstance(src, TemplateObjectTO) and isinstance(dest, VolumeObjectTO):  # noqa: SIM102
         if isinstance(src.data_store, PrimaryDataStoreTO):
             return await clone(src, dest, timeout_of(cmd, ctx.config), ctx.volumes)
+    to_primary = isinstance(dest, TemplateObjectTO | VolumeObjectTO)
+    if isinstance(src, TemplateObjectTO) and on_image_store(src) and to_primary:
+        assert isinstance(dest, TemplateObjectTO | VolumeObjectTO)
+        return await from_secondary(src, dest, cmd, ctx)
     return CopyCmdAnswer(
         result=False,
         details=f"copying {describe(src)} to {describe(dest)} is not supported by this agent "
@@ -189,3 +200,55 @@ async def delete(cmd: DeleteCommand, ctx: VolumesContext) -> Message:
         return Answer(result=False, details=f"Failed to delete volume: {exc}")
     # As the Java agent: a volume that is not there counts as deleted.
     return Answer(result=True)
+
+
+async def from_secondary(
+    template: TemplateObjectTO,
+    dest: TemplateObjectTO | VolumeObjectTO,
+    cmd: CopyCommand,
+    ctx: VolumesContext,
+) -> Message:
+    image_store = template.data_store
+    if not isinstance(image_store, NfsTO):
+        return CopyCmdAnswer(
+            result=False,
+            details=f"unsupported protocol: the template is on a {type(image_store).__name__}; "
+            "this agent copies templates from NFS secondary storage only",
+        )
+    try:
+        store = primary_store(dest, "copying a template to primary storage")
+        where = locate(image_store.url, template.path)
+        async with ctx.volumes.secondary.mounted(where, ctx.config.mount_path) as directory:
+            source = await trio.to_thread.run_sync(find_template, directory, where.file_name)
+            if source is None:
+                return CopyCmdAnswer(
+                    result=False,
+                    details=f"template {template.path} not found on secondary storage "
+                    f"{where.url} (mounted at {directory}): check the template's install "
+                    "path on the image store",
+                )
+            size = dest.size if isinstance(dest, VolumeObjectTO) else None
+            made = await ctx.volumes.copy_in(
+                source, store.uuid, dest.uuid, size, timeout=timeout_of(cmd, ctx.config)
+            )
+    except (SecondaryError, VolumeError) as exc:
+        return CopyCmdAnswer(result=False, details=f"Failed to copy the template: {exc}")
+    if isinstance(dest, VolumeObjectTO):
+        data: DataTO = VolumeObjectTO(
+            path=made.name, size=made.virtual_size, format=ImageFormat.QCOW2
+        )
+    else:
+        data = TemplateObjectTO(path=made.name, size=made.virtual_size, format=ImageFormat.QCOW2)
+    return CopyCmdAnswer(result=True, new_data=data)
+
+
+def find_template(directory: str, name: str | None) -> str | None:
+    """The template file in the mounted directory: ``name``, or with no name the first
+    ``*.qcow2`` (as the Java agent); None if there is none."""
+    if name is not None:
+        path = os.path.join(directory, name)
+        return path if os.path.isfile(path) else None
+    for entry in sorted(os.listdir(directory)):
+        if entry.endswith("qcow2") and os.path.isfile(os.path.join(directory, entry)):
+            return os.path.join(directory, entry)
+    return None

@@ -35,6 +35,7 @@ from agent.hypervisor.connection import HypervisorError
 from agent.hypervisor.pooldefs import PoolError, check_uuid
 from agent.hypervisor.pools import Pools
 from agent.hypervisor.qemuimg import ImageInfo, QemuImg, QemuImgError
+from agent.hypervisor.secondary import LibvirtMounter, SecondaryStorage
 
 log = structlog.get_logger("agent.volumes")
 _T = TypeVar("_T")
@@ -97,9 +98,16 @@ def file_name(path: str | None, directory: str, what: str) -> str:
 class Volumes:
     """Volume files on the pools this host has (agent.hypervisor.pools)."""
 
-    def __init__(self, pools: Pools, qemu_img: QemuImg | None = None) -> None:
+    def __init__(
+        self,
+        pools: Pools,
+        qemu_img: QemuImg | None = None,
+        secondary: SecondaryStorage | None = None,
+    ) -> None:
         self.pools = pools
         self.qemu_img = qemu_img or QemuImg()
+        # Templates are copied from secondary storage mounted by libvirt (a test: a seam).
+        self.secondary = secondary or SecondaryStorage(LibvirtMounter(pools.hypervisor))
         # Metadata calls (stat, rename, unlink) on a hung NFS mount block: in threads.
         self._fs = trio.CapacityLimiter(4)
 
