@@ -233,6 +233,8 @@ async def from_secondary(
             )
     except (SecondaryError, VolumeError) as exc:
         return CopyCmdAnswer(result=False, details=f"Failed to copy the template: {exc}")
+    except OSError as exc:  # the mounted directory cannot be read
+        return CopyCmdAnswer(result=False, details=f"Failed to copy the template: {exc}")
     if isinstance(dest, VolumeObjectTO):
         data: DataTO = VolumeObjectTO(
             path=made.name, size=made.virtual_size, format=ImageFormat.QCOW2

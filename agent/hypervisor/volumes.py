@@ -163,7 +163,12 @@ class Volumes:
             yield partial
             if await self._file(lambda: os.path.lexists(final)):
                 raise VolumeError(f"volume {name} appeared at {final} meanwhile: not replacing")
-            await self._file(lambda: os.rename(partial, final))
+            try:
+                await self._file(lambda: os.rename(partial, final))
+            except OSError as exc:
+                raise VolumeError(
+                    f"volume {name}: cannot put it in place at {final}: {exc}"
+                ) from None
             done = True
         finally:
             if not done:
