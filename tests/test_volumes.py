@@ -388,6 +388,7 @@ async def test_create_object_refuses_what_it_cannot_make(pool: Pool) -> None:
         (wire(create_json(pool, str(uuid.uuid4()), MIB, format="VHD")), "format vhd"),
         (wire(create_json(pool, str(uuid.uuid4()), 0)), "invalid size"),
         (wire(create_json(pool, "../escape", MIB)), "invalid file name"),
+        (wire(create_json(pool, str(uuid.uuid4()), MIB, passphrase=[1, -2])), "encrypted"),
         (wire(create_json(pool, str(uuid.uuid4()), MIB, dataStore=store(pool, "CLVM"))), "CLVM"),
     ]:
         answer = await run(cmd, ctx)

@@ -107,6 +107,15 @@ def primary_store(data: DataTO | None, what: str) -> PrimaryDataStoreTO:
     return store
 
 
+def refuse_encryption(volume: VolumeObjectTO) -> None:
+    """An encrypted offering's volume (a LUKS passphrase): never made unencrypted."""
+    if volume.passphrase:
+        raise VolumeError(
+            f"volume {volume.uuid} is to be encrypted (its disk offering), which this agent "
+            "does not support: use an offering without encryption for this host"
+        )
+
+
 def provisioning_of(volume: VolumeObjectTO) -> Provisioning:
     return _PROVISIONING.get(volume.provisioning_type or ProvisioningType.THIN, Provisioning.THIN)
 
@@ -141,6 +150,7 @@ async def clone(
 ) -> Message:
     try:
         store = primary_store(volume, "cloning a volume")
+        refuse_encryption(volume)
         made = await volumes.clone(
             store.uuid,
             template.path,
@@ -170,6 +180,7 @@ async def create_object(cmd: CreateObjectCommand, ctx: VolumesContext) -> Messag
     fmt = (volume.format or ImageFormat.QCOW2).value.lower()
     try:
         store = primary_store(volume, "creating a volume")
+        refuse_encryption(volume)
         made = await ctx.volumes.create(
             store.uuid,
             volume.uuid,
