@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.config import AgentConfig, ConfigError, LbAlgorithm, backoff_from_ms, host_entry_problem
+from agent.config import AgentConfig, ConfigError
 from agent.daemon.mslist import MIN_RETRY, HostCycler
+from agent.mshosts import LbAlgorithm, backoff_from_ms, host_entry_problem
 from protocol.messages.host import SetupMSListAnswer, SetupMSListCommand, StartupRoutingCommand
 from tests.agent_env import (
     ROOT,

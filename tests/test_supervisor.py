@@ -8,10 +8,11 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from agent.config import AgentConfig, LbAlgorithm, parse_host_list, split_host_port
+from agent.config import AgentConfig
 from agent.daemon.app import Agent
 from agent.daemon.mslist import HostCycler
 from agent.link.transport import ConnectionLost, MessageStream
+from agent.mshosts import LbAlgorithm, parse_host_list, split_host_port
 
 
 def cycler(n: int = 3, algorithm: LbAlgorithm = LbAlgorithm.ROUND_ROBIN) -> HostCycler:

@@ -25,8 +25,9 @@ from collections.abc import Sequence
 import structlog
 from attrs import define, field
 
-from agent.config import AgentConfig, LbAlgorithm, host_entry_problem, parse_algorithm
+from agent.config import AgentConfig
 from agent.link.state import AgentState, StateStore
+from agent.mshosts import LbAlgorithm, host_entry_problem, parse_algorithm
 
 log = structlog.get_logger("agent.mslist")
 

@@ -15,11 +15,11 @@ import structlog
 import trio
 
 from agent.certs.trust import TLSConfigError, client_context
-from agent.config import split_host_port
 from agent.daemon.mslist import MsList
 from agent.daemon.sdnotify import Notifier
 from agent.link.session import AgentServices, AgentSession, OutcomeKind
 from agent.link.transport import ConnectionLost, MessageStream
+from agent.mshosts import split_host_port
 from agent.observe.observer import observer
 from protocol import Session
 

@@ -15,7 +15,7 @@ import structlog
 import trio
 from attrs import frozen
 
-from agent.config import AgentConfig, backoff_from_ms
+from agent.config import AgentConfig
 from agent.ha.heartbeat import Heartbeat
 from agent.handlers import HandlerRegistry
 from agent.handlers.context import (
@@ -36,6 +36,7 @@ from agent.link.startup import local_storage_commands, startup_command
 from agent.link.state import StateStore
 from agent.link.tasks import QueueClosed, TaskQueue
 from agent.link.transport import ConnectionLost, MessageStream, RequestTimeout
+from agent.mshosts import backoff_from_ms
 from agent.observe.observer import observer
 from protocol import LocalProtocolError, Request
 from protocol.header import HEADER_SIZE

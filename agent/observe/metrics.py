@@ -34,7 +34,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from agent.config import split_host_port
+from agent.mshosts import split_host_port
 from agent.observe.observer import MIGRATION_OUTCOMES, Observer
 
 log = structlog.get_logger("agent.metrics")
