@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.hypervisor.migration.engine import rewrite_graphics_listen
+from agent.hypervisor.migration.destxml import rewrite_graphics_listen
 from agent.hypervisor.migration.errors import diagnose
 from agent.hypervisor.migration.monitor import timeout_for
 from protocol.messages.migration import (
