@@ -244,6 +244,8 @@ _KEYS: dict[str, tuple[str | None, Any, str | None]] = {
     "hypervisor.uri": ("hypervisor_uri", _str, "qemu:///system"),
     "private.network.device": ("private_network_device", _str, ""),
     "public.network.device": ("public_network_device", _str, "cloudbr0"),
+    "guest.network.device": ("guest_network_device", _str, ""),
+    "stop.script.timeout": ("stop_timeout", lambda k: _float(k, 0, 3600), "120"),
     "host.reserved.mem.mb": ("host_reserved_mem_mb", lambda k: _int(k, 0), "1024"),
     "cert.dir": ("cert_dir", _str, ""),
     "state.dir": ("state_dir", _str, "/var/lib/cloudstack/agent"),
@@ -321,6 +323,8 @@ class AgentConfig:
     hypervisor_uri: str
     private_network_device: str
     public_network_device: str
+    guest_network_device: str
+    stop_timeout: float
     host_reserved_mem_mb: int
     cert_dir: Path
     state_dir: Path
