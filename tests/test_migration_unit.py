@@ -85,7 +85,36 @@ async def test_failed_migration_leaves_the_vm_running_and_defined(tmp_path: Path
             (prepared,) = await ms.send_command(
                 GUID, [PrepareForMigrationCommand(vm={"name": "incoming-vm"})]
             )
-            assert prepared == PrepareForMigrationAnswer(result=True)
+            # As the Java agent's: no DPDK ports; no shares without a speed to compute from.
+            assert prepared == PrepareForMigrationAnswer(result=True, dpdk_interface_mapping={})
+
+            # newVmCpuShares computed here, by this host's cgroup version.
+            to = {"name": "incoming-vm", "cpus": 2, "minSpeed": 500, "speed": 1000}
+            (prepared,) = await ms.send_command(GUID, [PrepareForMigrationCommand(vm=to)])
+            assert isinstance(prepared, PrepareForMigrationAnswer) and prepared.result
+            facts = agent.hypervisor.last_facts
+            assert facts is not None
+            if Path("/sys/fs/cgroup/cgroup.controllers").is_file():  # v2: scaled to 10000
+                expected = -(-2 * 500 * 10000 // (facts.cpus * facts.speed_mhz))
+                expected = min(max(expected, 2), 10000)
+            else:
+                expected = 2 * 500
+            assert prepared.new_vm_cpu_shares == expected
+
+            # A NIC whose bridge this host lacks: refused, naming it (nothing plugged).
+            nic = {
+                "deviceId": 0,
+                "type": "Guest",
+                "mac": "02:00:00:00:00:01",
+                "broadcastType": "Native",
+                "name": "nosuchbr0",
+            }
+            (prepared,) = await ms.send_command(
+                GUID, [PrepareForMigrationCommand(vm={**to, "nics": [nic]})]
+            )
+            assert isinstance(prepared, PrepareForMigrationAnswer) and not prepared.result
+            assert "cannot receive incoming-vm" in (prepared.details or "")
+            assert "nosuchbr0" in (prepared.details or "")
 
 
 async def test_outgoing_migrations_beyond_the_limit_are_refused(tmp_path: Path) -> None:

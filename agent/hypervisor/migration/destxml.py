@@ -73,15 +73,12 @@ def _graphics(root: ET.Element, dest_ip: str, vnc_password: str | None) -> None:
 
 def _shares(root: ET.Element, shares: int) -> None:
     # The MS sends the shares the destination computed in PrepareForMigrationAnswer (cgroup
-    # v1 and v2 hosts count them differently).
-    cputune = root.find("cputune")
-    if cputune is None:
-        cputune = ET.SubElement(root, "cputune")
-    element = cputune.find("shares")
-    if element is None:
-        element = ET.Element("shares")
-        cputune.insert(0, element)
-    element.text = str(shares)
+    # v1 and v2 hosts count them differently). Only where the domain has shares, as the Java
+    # agent does: a domain started without them (libvirt without the cpu cgroup controller)
+    # would be refused on an equal destination.
+    element = root.find("./cputune/shares")
+    if element is not None:
+        element.text = str(shares)
 
 
 def _storage(

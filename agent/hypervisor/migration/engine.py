@@ -26,7 +26,7 @@ import trio
 from attrs import define, field
 
 from agent.config import AgentConfig, NativeTls
-from agent.hypervisor import domains
+from agent.hypervisor import domains, vifs
 from agent.hypervisor.connection import Hypervisor, HypervisorError, Lane
 from agent.hypervisor.domains import LIVE, DomainState
 from agent.hypervisor.migration.call import (
@@ -45,6 +45,7 @@ from agent.hypervisor.migration.monitor import (
     timeout_for,
     watch,
 )
+from agent.hypervisor.migration.prepare import incoming_migrations, prepare
 from agent.hypervisor.remote import REMOTE_TIMEOUT, RemoteHosts
 from agent.observe.observer import observer
 from protocol.messages.migration import (
@@ -121,37 +122,13 @@ class Migrations:
         missing_tls_files: Sequence[str] = (),
         config: AgentConfig | None = None,
     ) -> PrepareForMigrationAnswer:
-        """``missing_tls_files``: the PKI files a secured host lacks to receive over TLS."""
-        cfg = config or self.config
-        vm = cmd.vm_name or "?"
-        if not await self.hypervisor.healthy():
-            return PrepareForMigrationAnswer(
-                result=False,
-                details=f"cannot receive {vm}: libvirtd on this host is not reachable "
-                f"({self.hypervisor.last_error})",
-            )
-        if missing_tls_files:
-            return PrepareForMigrationAnswer(
-                result=False,
-                details=f"cannot receive {vm} securely: missing {', '.join(missing_tls_files)} "
-                "(run `kvm-agent setup --secure-libvirtd`)",
-            )
-        incoming = await self.incoming()
-        limit = cfg.max_incoming_migrations
-        if incoming >= limit:
-            return PrepareForMigrationAnswer(
-                result=False,
-                details=f"cannot receive {vm}: {incoming} incoming migrations already in "
-                f"progress (migration.max.incoming={limit})",
-            )
-        return PrepareForMigrationAnswer(result=True)
+        """The destination's side (agent.hypervisor.migration.prepare)."""
+        return await prepare(
+            self.hypervisor, cmd, config or self.config, missing_tls_files=missing_tls_files
+        )
 
     async def incoming(self) -> int:
-        """Domains paused because an incoming migration is filling them."""
-        try:
-            return await self.hypervisor.call(domains.incoming_migrations)
-        except HypervisorError:
-            return 0
+        return await incoming_migrations(self.hypervisor)
 
     # --- source ---------------------------------------------------------------------
 
@@ -269,6 +246,7 @@ class Migrations:
                 details=f"cannot migrate {vm}: it is not running on this host ({state})",
             )
 
+        bridges = await self._bridges(vm)  # read now: the domain leaves this host
         started = trio.current_time()
         error = await self._attempt(job, cfg, spec)
         warning = None
@@ -295,6 +273,11 @@ class Migrations:
             )
             error = await self._attempt(job, cfg, attrs.evolve(spec, native_tls=False))
         answer = await self._conclude(job, error, trio.current_time() - started)
+        if answer.result:
+            # As the Java agent after a success: the VLAN bridges no VM uses any more go
+            # (unless vlanToPersistenceMap keeps them); label bridges stay.
+            removed = await vifs.unplug_nics(bridges, cmd.vlan_to_persistence_map)
+            mlog.info("source NICs unplugged", bridges=bridges, deleted=removed)
         if warning is not None:
             answer = attrs.evolve(answer, details=f"{answer.details} {warning}")
         return answer
@@ -374,6 +357,10 @@ class Migrations:
             details = f"Migration of {vm} to {dest} failed: {d.summary}. Check: {d.check}. {where}"
         mlog.error("migration failed", error=error, details=details, dest_state=dest_state)
         return MigrateAnswer(result=False, details=details)
+
+    async def _bridges(self, vm: str) -> list[str]:
+        xml = await self._call_quietly(vm, lambda d: d.XMLDesc(0))
+        return vifs.interface_bridges(xml) if isinstance(xml, str) else []
 
     async def _call_quietly(self, vm: str, fn: Any) -> Any:
         try:
