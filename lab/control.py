@@ -153,6 +153,8 @@ class ControlServer:
                     "connected": r.guid in connected,
                     "pings": pings.get(r.id, 0),
                     "pools": sorted(p for p, refs in self.ms.pool_refs.items() if r.guid in refs),
+                    # The VMs the host's last ping listed (hostVmStateReport).
+                    "vms": sorted(self.ms.vm_reports.get(r.guid, {})),
                 }
                 for r in self.ms.db.all()
             ]
