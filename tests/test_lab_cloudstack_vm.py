@@ -27,6 +27,7 @@ pytestmark = pytest.mark.lab
 VM = "i-2-77-VM"
 VOL = "7c5e9a41-0000-4000-8000-00000000a077"
 LOCAL_VM = "i-2-78-VM"
+STOP_TIMEOUT = "stop.script.timeout=3"
 MiB = 1 << 20
 
 VM_TO = vm_to(VM, VOL)
@@ -42,8 +43,9 @@ def cloud(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]
     c = Cloud(lab, tmp_path_factory.mktemp("cloud-vm"), LabCA.load(LAB_DIR / LAB_CA_DIRNAME))
     try:
         c.start_ms("ms1", "a")
-        c.start_agent("a")
-        c.start_agent("b")
+        # The marker guest ignores ACPI: a StopCommand's graceful wait would be all of it.
+        c.start_agent("a", STOP_TIMEOUT)
+        c.start_agent("b", STOP_TIMEOUT)
 
         async def secure() -> None:
             for name in ("a", "b"):
