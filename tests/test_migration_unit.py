@@ -6,7 +6,7 @@ from pathlib import Path
 
 from agent.hypervisor.migration.destxml import rewrite_graphics_listen
 from agent.hypervisor.migration.errors import diagnose
-from agent.hypervisor.migration.monitor import timeout_for
+from agent.hypervisor.migration.monitor import handling_limit, timeout_for
 from protocol.messages.migration import (
     MigrateAnswer,
     MigrateCommand,
@@ -23,6 +23,14 @@ def test_timeout_is_the_smaller_positive_limit() -> None:
     assert timeout_for(0, 30) == 30
     assert timeout_for(600, 30) == 30
     assert timeout_for(0, -1) is None
+
+
+def test_without_a_command_wait_the_answer_waits_for_the_outcome() -> None:
+    # The MS's plain migration sends no wait: vm.migrate.wait (its migratewait) aborts the
+    # job, and the handling leaves time to read the outcome after it.
+    assert handling_limit(120, 3) == 120
+    assert handling_limit(0, 3) == 63
+    assert handling_limit(0, -1) is None
 
 
 def test_graphics_listen_points_at_the_destination() -> None:
