@@ -273,6 +273,8 @@ _KEYS: dict[str, tuple[str | None, Any, str | None]] = {
     "ha.heartbeat.interval": ("ha_heartbeat_interval", lambda k: _float(k, 0.1, 3600), "10"),
     "ha.heartbeat.timeout": ("ha_heartbeat_timeout", lambda k: _float(k, 1, 3600), "60"),
     "ha.fence.reboot": ("ha_fence_reboot", _bool, "false"),
+    # qemu-img runs (clone, create, copy) whose command carries no wait of its own.
+    "qemuimg.timeout": ("qemuimg_timeout", lambda k: _float(k, 1, 7 * 86400), "10800"),
 }
 # What SIGHUP applies (listed in etc/agent.properties); any other key keeps its value until
 # a restart, and a change to it is logged as needing one. Identity, the hypervisor
@@ -351,6 +353,7 @@ class AgentConfig:
     ha_heartbeat_interval: float
     ha_heartbeat_timeout: float
     ha_fence_reboot: bool
+    qemuimg_timeout: float
     # (uuid, absolute path) of each local pool: local.storage.uuid/path paired in order.
     local_storage: tuple[tuple[str, str], ...]
 

@@ -40,6 +40,7 @@ from agent.hypervisor.events import DomainEvent
 from agent.hypervisor.migration.engine import Migrations
 from agent.hypervisor.pools import Pools
 from agent.hypervisor.stats import Statistics, connection_for
+from agent.hypervisor.volumes import Volumes
 from agent.link.session import AgentSession, OutcomeKind
 from agent.link.state import StateStore
 from agent.link.tasks import TaskQueue
@@ -77,6 +78,7 @@ class Agent:
         # Follows the pools the MS attaches; written as the IP the startup reports.
         self.heartbeat = Heartbeat(self.pools, lambda: self.config, self._private_ip)
         self.pools.watchers.append(self.heartbeat)
+        self.volumes = Volumes(self.pools)
         self.ms_list = MsList(config, self.state)
         self.lifecycle = Shutdown(
             lambda: self.config.shutdown_grace,

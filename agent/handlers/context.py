@@ -20,6 +20,7 @@ from agent.hypervisor.connection import Hypervisor
 from agent.hypervisor.migration.engine import Migrations
 from agent.hypervisor.pools import Pools
 from agent.hypervisor.stats import Statistics
+from agent.hypervisor.volumes import Volumes
 from protocol.messages.host import ReadyCommand
 
 
@@ -87,6 +88,7 @@ class CommandContext:
     stats: Statistics
     pools: Pools
     heartbeat: Heartbeat
+    volumes: Volumes
 
     def end_session(self, reason: str, *, retry_same_host_later: bool) -> None:
         """End the session once this command's answer has been sent."""

@@ -30,6 +30,7 @@ from agent.hypervisor.migration.engine import Migrations
 from agent.hypervisor.pools import Pools
 from agent.hypervisor.stats import Statistics
 from agent.hypervisor.vmstate import vm_state_report
+from agent.hypervisor.volumes import Volumes
 from agent.link.budget import REQUEST_OVERHEAD
 from agent.link.startup import local_storage_commands, startup_command
 from agent.link.state import StateStore
@@ -112,6 +113,9 @@ class AgentServices(Protocol):
 
     @property
     def heartbeat(self) -> Heartbeat: ...
+
+    @property
+    def volumes(self) -> Volumes: ...
 
 
 class AgentSession:
@@ -356,6 +360,7 @@ class AgentSession:
                 stats=services.stats,
                 pools=services.pools,
                 heartbeat=services.heartbeat,
+                volumes=services.volumes,
             )
             try:
                 answer = await handler(command, ctx)

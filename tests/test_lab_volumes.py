@@ -1,0 +1,172 @@
+"""Volumes made by the MS on the two-host lab: the lab MS (its zone attaches the shared
+SharedMountPoint pool at connect) sends CopyCommand (the bootable template on the pool ->
+a volume), CreateObjectCommand and DeleteCommand to host A's agent; the files appear in the
+pool of both hosts at the same path. Every answer is judged by lab.ms_side as a 4.21 MS
+reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import trio
+
+from lab.ca import LAB_CA_DIRNAME, LabCA
+from lab.cloud import GUID_SUFFIX, LabCloud
+from lab.hosts import Lab, LabHost
+from lab.ms_side import verdict_for
+from lab.storage import SHARED_POOL_PATH, SHARED_POOL_UUID, TEMPLATE_UUID
+from protocol.codec import decode_array, to_json
+from protocol.messages.data_to import PrimaryDataStoreTO, TemplateObjectTO, VolumeObjectTO
+from protocol.messages.enums import ImageFormat, ProvisioningType, StoragePoolType, VolumeType
+from protocol.messages.volumes import (
+    CopyCmdAnswer,
+    CopyCommand,
+    CreateObjectAnswer,
+    CreateObjectCommand,
+    DeleteCommand,
+)
+from protocol.model import Command, Message
+from tests.conftest_lab import LAB_DIR
+
+pytestmark = pytest.mark.lab
+MIB = 1 << 20
+STORE = PrimaryDataStoreTO(
+    uuid=SHARED_POOL_UUID,
+    name="lab-primary",
+    id=1,
+    pool_type=StoragePoolType.SHARED_MOUNT_POINT,
+    host="localhost",
+    path=SHARED_POOL_PATH,
+    url=f"SharedMountPoint://localhost{SHARED_POOL_PATH}/?ROLE=Primary&STOREUUID={SHARED_POOL_UUID}",
+    details={},
+)
+
+
+@pytest.fixture(scope="module")
+def cloud(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabCloud]:
+    c = LabCloud(lab, tmp_path_factory.mktemp("volumes"), LabCA.load(LAB_DIR / LAB_CA_DIRNAME))
+    try:
+        c.start_ms("ms1", "a")
+        c.start_agent("a")
+        c.start_agent("b")
+        yield c
+    finally:
+        c.close()
+        for host in lab.hosts.values():
+            host.run(
+                ["virsh", "-c", "qemu:///system", "pool-destroy", SHARED_POOL_UUID],
+                check=False,
+                capture_output=True,
+            )
+
+
+async def send(cloud: LabCloud, host: str, command: Command) -> Message:
+    """``command`` through the lab MS; the answer as the MS decoded it (its class too)."""
+    reply = await cloud.control(
+        {
+            "op": "send",
+            "host": host + GUID_SUFFIX,
+            "commands": [{command.java_class: to_json(command)}],
+            "timeout": 60,
+        }
+    )
+    assert reply.get("ok"), reply
+    (answer,) = decode_array(reply["answers"])
+    return answer
+
+
+def volume_to(vol: str, size: int, vtype: VolumeType, path: str | None = None) -> VolumeObjectTO:
+    return VolumeObjectTO(
+        uuid=vol,
+        volume_type=vtype,
+        data_store=STORE,
+        name=f"{vtype.value}-1",
+        size=size,
+        path=path,
+        volume_id=7,
+        account_id=2,
+        format=ImageFormat.QCOW2,
+        provisioning_type=ProvisioningType.THIN,
+        pool_id=1,
+        id=7,
+    )
+
+
+def listed(host: LabHost, name: str) -> str:
+    host.virsh("pool-refresh", SHARED_POOL_UUID)
+    return host.virsh("vol-path", "--pool", SHARED_POOL_UUID, name)
+
+
+async def test_the_ms_clones_creates_and_deletes_volumes_on_the_shared_pool(
+    cloud: LabCloud, lab: Lab
+) -> None:
+    a, b = lab.hosts["a"], lab.hosts["b"]
+    for name in ("a", "b"):
+        await cloud.wait_host(name, timeout=90)
+    template = await trio.to_thread.run_sync(lab.place_template)
+    tmpl_size = json.loads(a.check(["qemu-img", "info", "--output=json", "-U", template]))[
+        "virtual-size"
+    ]
+
+    # 1. The clone: the template on the pool -> a ROOT volume, on host A.
+    root = str(uuid.uuid4())
+    clone = CopyCommand(
+        src_to=TemplateObjectTO(
+            path=TEMPLATE_UUID,
+            uuid=str(uuid.uuid4()),
+            id=201,
+            format=ImageFormat.QCOW2,
+            image_data_store=STORE,
+            name="201-2-bootdisk",
+            hvm=True,
+        ),
+        dest_to=volume_to(root, 64 * MIB, VolumeType.ROOT),
+        wait=0,  # as the MS sends a clone
+    )
+    answer = await send(cloud, "a", clone)
+    assert isinstance(answer, CopyCmdAnswer)
+    verdict = verdict_for(clone, answer)
+    assert verdict.ok, (verdict.reason, answer)
+    assert verdict.read == {"path": root, "size": max(64 * MIB, tmpl_size), "format": "QCOW2"}
+    # In the pool of both hosts, at the same path; an overlay of the template.
+    for host in (a, b):
+        assert listed(host, root) == f"{SHARED_POOL_PATH}/{root}"
+        info = json.loads(
+            host.check(["qemu-img", "info", "--output=json", "-U", listed(host, root)])
+        )
+        assert info["format"] == "qcow2"
+        assert info["backing-filename"] == template == f"{SHARED_POOL_PATH}/{TEMPLATE_UUID}"
+        assert info["virtual-size"] == max(64 * MIB, tmpl_size)
+    # The same clone again: the volume is there, it is not overwritten.
+    again = await send(cloud, "a", clone)
+    assert isinstance(again, CopyCmdAnswer) and not verdict_for(clone, again).ok
+    assert "already exists" in (again.details or "")
+
+    # 2. An empty DATADISK, on host B this time (any host attached to the pool).
+    data = str(uuid.uuid4())
+    create = CreateObjectCommand(data=volume_to(data, 32 * MIB, VolumeType.DATADISK))
+    made = await send(cloud, "b", create)
+    assert isinstance(made, CreateObjectAnswer)
+    verdict = verdict_for(create, made)
+    assert verdict.ok, verdict.reason
+    assert verdict.read == {"path": data, "size": 32 * MIB, "format": "QCOW2"}
+    info = json.loads(a.check(["qemu-img", "info", "--output=json", "-U", listed(a, data)]))
+    assert (info["format"], info["virtual-size"]) == ("qcow2", 32 * MIB)
+    assert "backing-filename" not in info
+
+    # 3. Delete both (from A); a second delete of one is no failure (as the Java agent).
+    for vol in (root, data):
+        delete = DeleteCommand(data=volume_to(vol, MIB, VolumeType.ROOT, path=vol))
+        gone = await send(cloud, "a", delete)
+        assert verdict_for(delete, gone).ok
+        assert b.run(["test", "-e", f"{SHARED_POOL_PATH}/{vol}"]).returncode == 1
+    again_gone = await send(cloud, "b", delete)
+    assert verdict_for(delete, again_gone).ok
+    for host in (a, b):
+        host.virsh("pool-refresh", SHARED_POOL_UUID)
+        names = host.virsh("vol-list", "--pool", SHARED_POOL_UUID)
+        assert root not in names and data not in names
