@@ -144,14 +144,14 @@ async def _cloudstack_vm(
     """The VM's life as the MS drives it, up to its migration A -> B."""
     a, b = lab.hosts["a"], lab.hosts["b"]
     template = lab.place_template()
-    # CopyCommand (template -> volume) is vm-volumes' work; until it is merged here the
+    # CopyCommand (template -> volume) is merged (vm-volumes) but not yet sent here: the
     # volume is the same qcow2 overlay, made by hand.
     await trio.to_thread.run_sync(
         lambda: a.create_overlay(f"{SHARED_POOL_PATH}/{VOLUME}", template)
     )
     say(
-        f"volume {VOLUME[:8]} cloned from the template on the shared pool (by hand: no "
-        "CopyCommand on this branch)"
+        f"volume {VOLUME[:8]} cloned from the template on the shared pool (by hand: "
+        "the demo does not send CopyCommand yet"
     )
     to = vm_to(VM, VOLUME)
     started = await cloud.send("a", {_API + "StartCommand": {"vm": to, "hostIp": a.ip}})
