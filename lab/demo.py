@@ -151,7 +151,7 @@ async def _cloudstack_vm(
     )
     say(
         f"volume {VOLUME[:8]} cloned from the template on the shared pool (by hand: "
-        "the demo does not send CopyCommand yet"
+        "the demo does not send CopyCommand yet)"
     )
     to = vm_to(VM, VOLUME)
     started = await cloud.send("a", {_API + "StartCommand": {"vm": to, "hostIp": a.ip}})
