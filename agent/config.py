@@ -6,6 +6,7 @@ Every invalid value stops the agent at start with a message naming the key. Comm
 
 from __future__ import annotations
 
+import enum
 import math
 import os
 import re
@@ -37,6 +38,33 @@ def host_guid(guid: str) -> str:
 
 class ConfigError(Exception):
     """agent.properties (or an override) is missing a key or holds an invalid value."""
+
+
+class NativeTls(enum.Enum):
+    """migration.native.tls: whether guest memory (and NBD disk data) is encrypted by QEMU
+    itself when the host is secured, beyond libvirt's own TLS control channel."""
+
+    REQUIRED = "required"  # native TLS or no migration
+    PREFERRED = "preferred"  # native TLS; without it where the destination cannot (warned)
+    OFF = "off"  # control channel only: guest memory crosses the network in clear
+
+
+def _native_tls(key: str) -> Any:
+    legacy = {"true": NativeTls.REQUIRED, "false": NativeTls.OFF}  # the setting's old values
+
+    def convert(raw: str) -> NativeTls:
+        value = raw.strip().lower()
+        if value in legacy:
+            return legacy[value]
+        try:
+            return NativeTls(value)
+        except ValueError:
+            raise ConfigError(
+                f"invalid value for '{key}': {raw!r} (expected required, preferred or off; "
+                "true and false still mean required and off)"
+            ) from None
+
+    return convert
 
 
 def _int(key: str, low: int | None = None, high: int | None = None) -> Any:
@@ -140,7 +168,7 @@ _KEYS: dict[str, tuple[str | None, Any, str | None]] = {
     "vm.migrate.downtime": ("migrate_downtime", lambda k: _int(k, -1), "-1"),
     "vm.migrate.pauseafter": ("migrate_pause_after", lambda k: _int(k, -1), "-1"),
     "vm.migrate.wait": ("migrate_wait", lambda k: _int(k, -1), "-1"),
-    "migration.native.tls": ("migration_native_tls", _bool, "true"),
+    "migration.native.tls": ("migration_native_tls", _native_tls, "required"),
     "migration.max.outgoing": ("max_outgoing_migrations", lambda k: _int(k, 1), "2"),
     "migration.max.incoming": ("max_incoming_migrations", lambda k: _int(k, 1), "2"),
     "libvirtd.tls.enabled": ("libvirtd_tls_enabled", _bool, "false"),
@@ -221,7 +249,7 @@ class AgentConfig:
     migrate_downtime: int
     migrate_pause_after: int
     migrate_wait: int
-    migration_native_tls: bool
+    migration_native_tls: NativeTls
     max_outgoing_migrations: int
     max_incoming_migrations: int
     libvirtd_tls_enabled: bool

@@ -6,8 +6,10 @@ line. Commands and answers travel as body items, ``{"<java class>": {fields}}``:
 * ``{"op": "send", "host": GUID_OR_ID, "commands": [items], "timeout": s}``
   -> ``{"ok": true, "answers": [items]}``
 * ``{"op": "hosts"}`` -> ``{"ok": true, "hosts": [records]}``
-* ``{"op": "migrate", "vm": NAME, "source": H, "destination": H, "timeout": s}``
-  -> ``{"ok": true, "answer": item}``
+* ``{"op": "migrate", "vm": NAME, "source": H, "destination": H, "timeout": s}`` (optional
+  ``"vm_to"``: the VirtualMachineTO; ``"storage"``: migrateStorage, volume path -> disk info)
+  -> ``{"ok": true, "answer": item, "steps": [each command, answer and MS verdict],
+  "migrated": bool}``
 * ``{"op": "connects"}`` -> ``{"ok": true, "connects": [each run of the connect sequence]}``
 * ``{"op": "stats"}`` -> ``{"ok": true, "stats": {what the statistics cycle collected}}``
 * ``{"op": "latencies", "since": t, "until": t}`` -> ``{"ok": true, "latencies": {command:
@@ -38,7 +40,8 @@ from attrs import define
 
 from lab.ms import BARE, LabError, ManagementServer, lab_zone
 from protocol import Message, RemoteProtocolError
-from protocol.codec import decode_array, to_json
+from protocol.codec import decode_array, from_json, to_json
+from protocol.messages.migration import MigrateDiskInfo
 
 MAX_LINE: Final = 16 * 1024 * 1024
 _log = structlog.get_logger("lab.control")
@@ -150,6 +153,8 @@ class ControlServer:
                     "connected": r.guid in connected,
                     "pings": pings.get(r.id, 0),
                     "pools": sorted(p for p, refs in self.ms.pool_refs.items() if r.guid in refs),
+                    # The VMs the host's last ping listed (hostVmStateReport).
+                    "vms": sorted(self.ms.vm_reports.get(r.guid, {})),
                 }
                 for r in self.ms.db.all()
             ]
@@ -176,13 +181,28 @@ class ControlServer:
             )
             return {}
         if op == "migrate":
-            answer = await self.ms.migrate(
+            vm_to = request.get("vm_to")
+            storage = request.get("storage")
+            if vm_to is not None and not isinstance(vm_to, dict):
+                raise ControlError("request field 'vm_to' must be a VirtualMachineTO object")
+            if storage is not None and not isinstance(storage, dict):
+                raise ControlError("request field 'storage' must map volume paths to disk infos")
+            migration = await self.ms.migrate(
                 _field(request, "vm", str),
                 _field(request, "source", str),
                 _field(request, "destination", str),
                 timeout=_timeout(request, 600),
+                vm_to=vm_to,
+                migrate_storage={
+                    k: from_json(MigrateDiskInfo, v, f"storage[{k}]")
+                    for k, v in (storage or {}).items()
+                },
             )
-            return {"answer": body_items([answer])[0]}
+            return {
+                "answer": body_items([migration.answer])[0],
+                "steps": [s.summary() for s in migration.steps],
+                "migrated": migration.migrated,
+            }
         raise ControlError(
             f"unknown op {op!r:.40}; expected send, hosts, migrate, connects, stats or track_volume"
         )

@@ -338,3 +338,70 @@ async def test_sigterm_during_a_migration_aborts_it_and_the_vm_stays(
             cloud.stop_agent("a")
         cloud.start_agent("a")
     await cloud.wait_host("a", secured=True)
+
+
+QEMU_PKI = [
+    f"/etc/pki/qemu/{n}"
+    for n in (
+        "ca-cert.pem",
+        "server-cert.pem",
+        "server-key.pem",
+        "client-cert.pem",
+        "client-key.pem",
+    )
+]
+
+
+async def test_destination_without_qemu_certificates_required_then_preferred(
+    cloud: Cloud, lab: Lab, tmp_path: Path
+) -> None:
+    """B as a host run by CloudStack's Java agent: libvirtd on TLS, no /etc/pki/qemu."""
+    for name in ("a", "b"):
+        await cloud.wait_host(name)
+    await _secure_both(cloud)
+    a, b = lab.hosts["a"], lab.hosts["b"]
+    for path in QEMU_PKI:
+        b.run(["mv", path, path + ".moved"], check=True)
+    try:
+        # required (the default): refused, the VM untouched, the fix named.
+        answer = await cloud.send("a", _migrate_command(b.ip))
+        await _assert_failed_and_vm_on_a(
+            cloud,
+            lab,
+            answer,
+            "QEMU's TLS credentials",
+            "run `kvm-agent setup --secure-libvirtd` on " + b.ip,
+            "CloudStack's Java agent: it needs only cloud.crt, cloud.key and cloud.ca.crt",
+        )
+
+        # preferred: the control channel's TLS only, said in the answer and the log.
+        cloud.stop_agent("a")
+        cloud.start_agent("a", "migration.native.tls=preferred")
+        await cloud.wait_host("a", secured=True)
+        with lab.capture("a", tmp_path / "fallback.pcap"):
+            answer = await cloud.send("a", _migrate_command(b.ip))
+        assert answer["result"] is True, answer
+        details = str(answer["details"])
+        assert f"{VM} migrated to {b.ip}" in details
+        assert "WARNING" in details and "guest memory crossed the network unencrypted" in details
+        assert "kvm-agent setup --secure-libvirtd" in details
+        assert (a.domain_state(VM), b.domain_state(VM)) == (None, "running")
+        fallback = [
+            e for e in cloud.log_events("a") if e["event"].startswith("destination cannot receive")
+        ]
+        assert fallback and fallback[-1]["level"] == "warning", fallback
+        started = [e for e in cloud.log_events("a") if e["event"] == "migration started"]
+        assert [e["native_tls"] for e in started[-2:]] == [True, False]
+        # What "preferred" costs, seen on the wire: the guest's memory in clear.
+        assert await trio.to_thread.run_sync(count_marker, tmp_path / "fallback.pcap") > 1000
+    finally:
+        for path in QEMU_PKI:
+            b.run(["mv", path + ".moved", path], check=False)
+        if "a" in cloud.agents:
+            cloud.stop_agent("a")
+        cloud.start_agent("a")
+    await cloud.wait_host("a", secured=True)
+    if b.domain_state(VM) == "running":  # back to A over native TLS, for the next tests
+        answer = await cloud.send("b", _migrate_command(a.ip))
+        assert answer["result"] is True, answer
+    assert a.domain_state(VM) == "running"

@@ -46,6 +46,7 @@ from protocol.messages.migration import (
     PrepareForMigrationAnswer,
     PrepareForMigrationCommand,
 )
+from protocol.messages.vm import CheckVirtualMachineAnswer, CheckVirtualMachineCommand
 
 GUID = "0f6d4bd4-5b0b-4c7a-9d1e-6c1b9a7f0001-LibvirtComputingResource"
 GUID2 = "0f6d4bd4-5b0b-4c7a-9d1e-6c1b9a7f0002-LibvirtComputingResource"
@@ -53,7 +54,12 @@ GUID2 = "0f6d4bd4-5b0b-4c7a-9d1e-6c1b9a7f0002-LibvirtComputingResource"
 _ANSWERS: dict[type[Message], Callable[[], Message]] = {
     ReadyCommand: lambda: ReadyAnswer(result=True),
     CheckHealthCommand: lambda: CheckHealthAnswer(result=True),
-    PrepareForMigrationCommand: lambda: PrepareForMigrationAnswer(result=True),
+    PrepareForMigrationCommand: lambda: PrepareForMigrationAnswer(
+        result=True, new_vm_cpu_shares=250
+    ),
+    CheckVirtualMachineCommand: lambda: CheckVirtualMachineAnswer(
+        result=True, state=PowerState.POWER_ON
+    ),
     MigrateCommand: lambda: MigrateAnswer(result=True, details="migrated"),
 }
 
@@ -350,11 +356,13 @@ async def test_migrate_between_secured_hosts(
     destination = await FakeAgent.connect(nursery, ms, ctx)
     await destination.startup(GUID2, secured=True, ip="192.0.2.20")
     await ms.wait_for_host(GUID2, timeout=5, secured=True)
-    answer = await ms.migrate("i-2-10-VM", GUID, GUID2, timeout=30)
-    assert isinstance(answer, MigrateAnswer) and answer.result
+    to = {"name": "i-2-10-VM", "cpus": 1, "speed": 500, "vncPassword": "pw"}
+    migration = await ms.migrate("i-2-10-VM", GUID, GUID2, timeout=30, vm_to=to)
+    answer = migration.answer
+    assert isinstance(answer, MigrateAnswer) and answer.result and migration.migrated
     prepare = (await destination.wait_for(PrepareForMigrationCommand)).commands[0]
     assert isinstance(prepare, PrepareForMigrationCommand)
-    assert prepare.vm_name == "i-2-10-VM"
+    assert prepare.vm_name == "i-2-10-VM" and prepare.vm == to
     migrate = (await source.wait_for(MigrateCommand)).commands[0]
     assert isinstance(migrate, MigrateCommand)
     assert (migrate.vm_name, migrate.dest_ip, migrate.host_guid) == (
@@ -362,7 +370,17 @@ async def test_migrate_between_secured_hosts(
         "192.0.2.20",
         GUID2,
     )
-    assert migrate.wait == 30
+    # VirtualMachineManagerImpl.migrate's order and values: the destination's shares, the
+    # TO of the prepare, no wait of its own on the plain path (the MS's applies).
+    assert migrate.new_vm_cpu_shares == 250 and migrate.vm_to == to
+    assert migrate.wait == 0 and not migrate.execute_in_sequence
+    check = (await destination.wait_for(CheckVirtualMachineCommand)).commands[0]
+    assert isinstance(check, CheckVirtualMachineCommand) and check.vm_name == "i-2-10-VM"
+    assert [(s.host, type(s.command).__name__, s.verdict.ok) for s in migration.steps] == [
+        (GUID2, "PrepareForMigrationCommand", True),
+        (GUID, "MigrateCommand", True),
+        (GUID2, "CheckVirtualMachineCommand", True),
+    ]
 
 
 async def test_client_certificates_checked_when_required(tmp_path: Path) -> None:

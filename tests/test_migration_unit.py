@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.hypervisor.migration.engine import rewrite_graphics_listen
+from agent.hypervisor.migration.destxml import rewrite_graphics_listen
 from agent.hypervisor.migration.errors import diagnose
-from agent.hypervisor.migration.monitor import timeout_for
+from agent.hypervisor.migration.monitor import handling_limit, timeout_for
 from protocol.messages.migration import (
     MigrateAnswer,
     MigrateCommand,
@@ -23,6 +23,14 @@ def test_timeout_is_the_smaller_positive_limit() -> None:
     assert timeout_for(0, 30) == 30
     assert timeout_for(600, 30) == 30
     assert timeout_for(0, -1) is None
+
+
+def test_without_a_command_wait_the_answer_waits_for_the_outcome() -> None:
+    # The MS's plain migration sends no wait: vm.migrate.wait (its migratewait) aborts the
+    # job, and the handling leaves time to read the outcome after it.
+    assert handling_limit(120, 3) == 120
+    assert handling_limit(0, 3) == 63
+    assert handling_limit(0, -1) is None
 
 
 def test_graphics_listen_points_at_the_destination() -> None:
@@ -85,7 +93,36 @@ async def test_failed_migration_leaves_the_vm_running_and_defined(tmp_path: Path
             (prepared,) = await ms.send_command(
                 GUID, [PrepareForMigrationCommand(vm={"name": "incoming-vm"})]
             )
-            assert prepared == PrepareForMigrationAnswer(result=True)
+            # As the Java agent's: no DPDK ports; no shares without a speed to compute from.
+            assert prepared == PrepareForMigrationAnswer(result=True, dpdk_interface_mapping={})
+
+            # newVmCpuShares computed here, by this host's cgroup version.
+            to = {"name": "incoming-vm", "cpus": 2, "minSpeed": 500, "speed": 1000}
+            (prepared,) = await ms.send_command(GUID, [PrepareForMigrationCommand(vm=to)])
+            assert isinstance(prepared, PrepareForMigrationAnswer) and prepared.result
+            facts = agent.hypervisor.last_facts
+            assert facts is not None
+            if Path("/sys/fs/cgroup/cgroup.controllers").is_file():  # v2: scaled to 10000
+                expected = -(-2 * 500 * 10000 // (facts.cpus * facts.speed_mhz))
+                expected = min(max(expected, 2), 10000)
+            else:
+                expected = 2 * 500
+            assert prepared.new_vm_cpu_shares == expected
+
+            # A NIC whose bridge this host lacks: refused, naming it (nothing plugged).
+            nic = {
+                "deviceId": 0,
+                "type": "Guest",
+                "mac": "02:00:00:00:00:01",
+                "broadcastType": "Native",
+                "name": "nosuchbr0",
+            }
+            (prepared,) = await ms.send_command(
+                GUID, [PrepareForMigrationCommand(vm={**to, "nics": [nic]})]
+            )
+            assert isinstance(prepared, PrepareForMigrationAnswer) and not prepared.result
+            assert "cannot receive incoming-vm" in (prepared.details or "")
+            assert "nosuchbr0" in (prepared.details or "")
 
 
 async def test_outgoing_migrations_beyond_the_limit_are_refused(tmp_path: Path) -> None:

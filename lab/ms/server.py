@@ -17,8 +17,9 @@ import functools
 import math
 import ssl
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 import structlog
@@ -34,7 +35,7 @@ from lab.ms.connect import ConnectRecord, Failure, Step
 from lab.ms.errors import CommandError
 from lab.ms.hosts import ALERT, CONNECTING, DISCONNECTED, UP, HostTable
 from lab.ms.link import AgentLink, MsStream, Submitted
-from lab.ms.migrate import migrate
+from lab.ms.migrate import Migration, migrate
 from lab.ms.stats import StatsCollector
 from lab.ms.status import Event, Status
 from lab.ms.zone import BARE, Zone
@@ -51,6 +52,7 @@ from protocol.messages.host import (
     StartupAnswer,
     StartupRoutingCommand,
 )
+from protocol.messages.migration import MigrateDiskInfo
 
 _log: FilteringBoundLogger = structlog.get_logger("lab.mgmt")
 SHUTDOWN_REQUESTED = "sig.kill"  # ShutdownCommand.Requested
@@ -463,11 +465,26 @@ class ManagementServer(HostTable):
             await link.ended.wait()
 
     async def migrate(
-        self, vm_name: str, source: str, destination: str, *, timeout: float = 600
-    ) -> Message:
-        """Live-migrate ``vm_name``: PrepareForMigration on the destination, then Migrate
-        on the source; returns the source's answer."""
-        return await migrate(self, vm_name, source, destination, timeout=timeout)
+        self,
+        vm_name: str,
+        source: str,
+        destination: str,
+        *,
+        timeout: float = 600,
+        vm_to: Mapping[str, Any] | None = None,
+        migrate_storage: Mapping[str, MigrateDiskInfo] | None = None,
+    ) -> Migration:
+        """Live-migrate ``vm_name`` in the MS's order (lab.ms.migrate): PrepareForMigration
+        on the destination, Migrate on the source, then the check or the clean-up."""
+        return await migrate(
+            self,
+            vm_name,
+            source,
+            destination,
+            timeout=timeout,
+            vm_to=vm_to,
+            migrate_storage=migrate_storage,
+        )
 
 
 async def _drain(submitted: Submitted) -> None:

@@ -6,17 +6,18 @@ Each reader takes the answer as the MS would have decoded it (``None``: no answe
 (the cast that throws, the field it finds null, the host that goes to Alert), and the
 values it reads. The rules and the Java classes they come from are in each module:
 :mod:`~lab.ms_side.connect`, :mod:`~lab.ms_side.stats`, :mod:`~lab.ms_side.ha`,
-:mod:`~lab.ms_side.vm`, :mod:`~lab.ms_side.volumes`. No I/O.
+:mod:`~lab.ms_side.vm`, :mod:`~lab.ms_side.volumes`, :mod:`~lab.ms_side.migration`. No I/O.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from lab.ms_side import connect, ha, stats, vm, volumes
+from lab.ms_side import connect, ha, migration, stats, vm, volumes
 from lab.ms_side.verdict import HostEffect, MsVerdict
 from protocol.messages import data_to, host, network, storage
 from protocol.messages import ha as ha_msg
+from protocol.messages import migration as migration_msg
 from protocol.messages import stats as stats_msg
 from protocol.messages import vm as vm_msg
 from protocol.messages import volumes as vol_msg
@@ -47,6 +48,8 @@ READERS: dict[type[Command], Reader] = {
     vm_msg.RebootCommand: vm.reboot,
     vm_msg.CheckVirtualMachineCommand: vm.check_vm_on_host,
     vm_msg.GetVncPortCommand: vm.vnc_port,
+    migration_msg.PrepareForMigrationCommand: migration.prepare_for_migration,
+    migration_msg.MigrateCommand: migration.migrate,
     vol_msg.CreateObjectCommand: volumes.create_volume,
     vol_msg.DeleteCommand: volumes.delete,
     vol_msg.AttachCommand: volumes.attach,

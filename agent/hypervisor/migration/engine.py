@@ -17,19 +17,25 @@ threads), so a long one never holds the threads short calls need.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from typing import Any
 
-import libvirt
+import attrs
 import structlog
 import trio
 from attrs import define, field
 
-from agent.config import AgentConfig
-from agent.hypervisor import domains
+from agent.config import AgentConfig, NativeTls
+from agent.hypervisor import domains, vifs
 from agent.hypervisor.connection import Hypervisor, HypervisorError, Lane
 from agent.hypervisor.domains import LIVE, DomainState
+from agent.hypervisor.migration.call import (
+    CallSpec,
+    destination_lacks_native_tls,
+    migrate_call,
+    spec_for,
+    uses_native_tls,
+)
 from agent.hypervisor.migration.errors import diagnose
 from agent.hypervisor.migration.monitor import (
     ACTIVE_JOBS,
@@ -39,6 +45,7 @@ from agent.hypervisor.migration.monitor import (
     timeout_for,
     watch,
 )
+from agent.hypervisor.migration.prepare import incoming_migrations, prepare
 from agent.hypervisor.remote import REMOTE_TIMEOUT, RemoteHosts
 from agent.observe.observer import observer
 from protocol.messages.migration import (
@@ -50,16 +57,6 @@ from protocol.messages.migration import (
 
 log = structlog.get_logger("agent.hypervisor.migration.engine")
 SETTLE_SECONDS = 30  # after an error, how long libvirt may keep the job going
-
-
-def rewrite_graphics_listen(xml: str, dest_ip: str) -> str:
-    """Point VNC/SPICE listen addresses at the destination, as the Java agent does."""
-
-    def fix(match: re.Match[str]) -> str:
-        tag = match.group(0)
-        return re.sub(r"(listen|address)='[^']*'", lambda m: f"{m.group(1)}='{dest_ip}'", tag)
-
-    return re.sub(r"<graphics\b[^>]*>|<listen\b[^>]*type='address'[^>]*>", fix, xml)
 
 
 @define
@@ -125,37 +122,13 @@ class Migrations:
         missing_tls_files: Sequence[str] = (),
         config: AgentConfig | None = None,
     ) -> PrepareForMigrationAnswer:
-        """``missing_tls_files``: the PKI files a secured host lacks to receive over TLS."""
-        cfg = config or self.config
-        vm = cmd.vm_name or "?"
-        if not await self.hypervisor.healthy():
-            return PrepareForMigrationAnswer(
-                result=False,
-                details=f"cannot receive {vm}: libvirtd on this host is not reachable "
-                f"({self.hypervisor.last_error})",
-            )
-        if missing_tls_files:
-            return PrepareForMigrationAnswer(
-                result=False,
-                details=f"cannot receive {vm} securely: missing {', '.join(missing_tls_files)} "
-                "(run `kvm-agent setup --secure-libvirtd`)",
-            )
-        incoming = await self.incoming()
-        limit = cfg.max_incoming_migrations
-        if incoming >= limit:
-            return PrepareForMigrationAnswer(
-                result=False,
-                details=f"cannot receive {vm}: {incoming} incoming migrations already in "
-                f"progress (migration.max.incoming={limit})",
-            )
-        return PrepareForMigrationAnswer(result=True)
+        """The destination's side (agent.hypervisor.migration.prepare)."""
+        return await prepare(
+            self.hypervisor, cmd, config or self.config, missing_tls_files=missing_tls_files
+        )
 
     async def incoming(self) -> int:
-        """Domains paused because an incoming migration is filling them."""
-        try:
-            return await self.hypervisor.call(domains.incoming_migrations)
-        except HypervisorError:
-            return 0
+        return await incoming_migrations(self.hypervisor)
 
     # --- source ---------------------------------------------------------------------
 
@@ -212,7 +185,7 @@ class Migrations:
             # Leave time, within the command's wait, to read the outcome on both hosts.
             reserve = min(REMOTE_TIMEOUT + 10, whole / 2)
             abort_after = min(abort_after or math.inf, whole - reserve)
-        native_tls = secured and cfg.migration_native_tls
+        native_tls = uses_native_tls(cfg.migration_native_tls, secured)
         return MigrationJob(
             vm=vm,
             dest=dest,
@@ -252,23 +225,16 @@ class Migrations:
         self, job: MigrationJob, cmd: MigrateCommand, cfg: AgentConfig, secured: bool
     ) -> MigrateAnswer:
         vm, dest, uri, mlog = job.vm, job.dest, job.uri, job.log
-        flags = (
-            libvirt.VIR_MIGRATE_LIVE
-            | libvirt.VIR_MIGRATE_PEER2PEER
-            | libvirt.VIR_MIGRATE_PERSIST_DEST
-        )
-        if secured and cfg.migration_native_tls:
-            flags |= libvirt.VIR_MIGRATE_TLS  # guest memory encrypted, not only libvirt's channel
-        if cmd.auto_convergence:
-            flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
-        if cmd.migrate_storage:
-            flags |= (
-                libvirt.VIR_MIGRATE_NON_SHARED_INC
-                if cmd.migrate_non_shared_inc
-                else libvirt.VIR_MIGRATE_NON_SHARED_DISK
-            )
+        policy = cfg.migration_native_tls
+        native = uses_native_tls(policy, secured)
+        spec = spec_for(cmd, vm=vm, dest=dest, uri=uri, native_tls=native, speed=cfg.migrate_speed)
         if not secured:
             mlog.warning("migrating over qemu+tcp: guest memory crosses the network unencrypted")
+        elif not native:
+            mlog.warning(
+                "migration.native.tls=off: only libvirt's control channel is encrypted; guest "
+                "memory crosses the network in clear"
+            )
 
         try:
             state = await self._source_state(vm)
@@ -280,23 +246,63 @@ class Migrations:
                 details=f"cannot migrate {vm}: it is not running on this host ({state})",
             )
 
-        error: str | None = None
-        mlog.info("migration started", timeout_s=job.abort_after, bandwidth_mib_s=cfg.migrate_speed)
+        bridges = await self._bridges(vm)  # read now: the domain leaves this host
         started = trio.current_time()
+        error = await self._attempt(job, cfg, spec)
+        warning = None
+        if (
+            error is not None
+            and native
+            and policy is NativeTls.PREFERRED
+            and destination_lacks_native_tls(error)
+            and await self._state_or_none(vm) in LIVE
+        ):
+            # The destination refused before any data moved (a host without /etc/pki/qemu,
+            # such as one run by CloudStack's Java agent): again, without native TLS.
+            warning = (
+                f"WARNING: {dest} cannot receive with QEMU native TLS ({error.strip()}); "
+                "migration.native.tls=preferred: migrated with libvirt's TLS control channel "
+                "only, guest memory crossed the network unencrypted. Run `kvm-agent setup "
+                f"--secure-libvirtd` on {dest} (it also works on a host run by CloudStack's "
+                "Java agent: it needs only cloud.crt, cloud.key and cloud.ca.crt)"
+            )
+            mlog.warning(
+                "destination cannot receive with native TLS; falling back to the control "
+                "channel's TLS only (migration.native.tls=preferred)",
+                error=error,
+            )
+            error = await self._attempt(job, cfg, attrs.evolve(spec, native_tls=False))
+        answer = await self._conclude(job, error, trio.current_time() - started)
+        if answer.result:
+            # As the Java agent after a success: the VLAN bridges no VM uses any more go
+            # (unless vlanToPersistenceMap keeps them); label bridges stay.
+            removed = await vifs.unplug_nics(bridges, cmd.vlan_to_persistence_map)
+            mlog.info("source NICs unplugged", bridges=bridges, deleted=removed)
+        if warning is not None:
+            answer = attrs.evolve(answer, details=f"{answer.details} {warning}")
+        return answer
+
+    async def _attempt(self, job: MigrationJob, cfg: AgentConfig, spec: CallSpec) -> str | None:
+        """One migrateToURI3, watched by the monitor; libvirt's error text, or None."""
+        job.log.info(
+            "migration started",
+            timeout_s=job.abort_after,
+            bandwidth_mib_s=cfg.migrate_speed,
+            native_tls=spec.native_tls,
+            storage=sorted(spec.storage),
+        )
+        error: str | None = None
         async with trio.open_nursery() as nursery:
             done = trio.Event()
             nursery.start_soon(watch, job, cfg, done, self._call_quietly)
             try:
                 # Waited for to the end; given up only if the agent exits meanwhile.
-                await self._lane.call(
-                    lambda conn: _migrate_call(conn, vm, dest, uri, flags, cfg.migrate_speed),
-                    abandon_on_cancel=True,
-                )
+                await self._lane.call(lambda conn: migrate_call(conn, spec), abandon_on_cancel=True)
             except HypervisorError as exc:
                 error = str(exc)
             finally:
                 done.set()
-        return await self._conclude(job, error, trio.current_time() - started)
+        return error
 
     async def _conclude(
         self, job: MigrationJob, error: str | None, elapsed: float
@@ -352,6 +358,10 @@ class Migrations:
         mlog.error("migration failed", error=error, details=details, dest_state=dest_state)
         return MigrateAnswer(result=False, details=details)
 
+    async def _bridges(self, vm: str) -> list[str]:
+        xml = await self._call_quietly(vm, lambda d: d.XMLDesc(0))
+        return vifs.interface_bridges(xml) if isinstance(xml, str) else []
+
     async def _call_quietly(self, vm: str, fn: Any) -> Any:
         try:
             return await self.hypervisor.call(lambda c: fn(c.lookupByName(vm)))
@@ -389,12 +399,3 @@ class Migrations:
             await self.hypervisor.call(lambda conn: domains.undefine_if_stopped(conn, vm))
         except HypervisorError as exc:
             mlog.warning("could not undefine the source copy", error=str(exc))
-
-
-def _migrate_call(conn: Any, vm: str, dest: str, uri: str, flags: int, speed: int) -> None:
-    dom = conn.lookupByName(vm)
-    xml = rewrite_graphics_listen(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE), dest)
-    params: dict[str, Any] = {libvirt.VIR_MIGRATE_PARAM_DEST_XML: xml}
-    if speed > 0:
-        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = speed  # MiB/s
-    dom.migrateToURI3(uri, params, flags)

@@ -47,7 +47,10 @@ def diagnose(message: str, *, vm: str, source: str, dest: str, uri: str) -> Diag
         return Diagnosis(
             f"QEMU's TLS credentials ({m.group(1)}) are missing on the destination {dest}",
             f"on {dest}: /etc/pki/qemu/ must hold ca-cert.pem, server-cert.pem, "
-            "server-key.pem (run `kvm-agent setup --secure-libvirtd`)",
+            f"server-key.pem: run `kvm-agent setup --secure-libvirtd` on {dest} (it also "
+            "works on a host run by CloudStack's Java agent: it needs only cloud.crt, "
+            "cloud.key and cloud.ca.crt), or set migration.native.tls=preferred on "
+            f"{source} to migrate with libvirt's TLS control channel only",
         )
     if "cannot write to tls channel" in low or "cannot read from tls channel" in low:
         return Diagnosis(

@@ -36,12 +36,17 @@ def timeout_for(cmd_wait: int, configured: int) -> float | None:
     return float(min(limits)) if limits else None
 
 
+OUTCOME_SECONDS = 60  # after an abort at vm.migrate.wait: libvirt's cancel, both hosts read
+
+
 def handling_limit(cmd_wait: int, configured: int) -> float | None:
-    """The bound on the whole handling of a MigrateCommand: its ``wait``, or
-    vm.migrate.wait when the command gives none."""
+    """The bound on the whole handling of a MigrateCommand: its ``wait``; when it gives none
+    (the MS's plain migration sets none and waits its own 1800 s), vm.migrate.wait (the MS's
+    migratewait) for the migration itself plus the time to read its outcome, as the Java
+    agent aborts at vm.migrate.wait and then waits for the job's end."""
     if cmd_wait and cmd_wait > 0:
         return float(cmd_wait)
-    return float(configured) if configured and configured > 0 else None
+    return float(configured) + OUTCOME_SECONDS if configured and configured > 0 else None
 
 
 @define
