@@ -158,6 +158,7 @@ _KEYS: dict[str, tuple[str | None, Any, str | None]] = {
     "public.network.device": ("public_network_device", _str, "cloudbr0"),
     "guest.network.device": ("guest_network_device", _str, ""),
     "stop.script.timeout": ("stop_timeout", lambda k: _float(k, 0, 3600), "120"),
+    "vm.domain.type": ("vm_domain_type", _str, "kvm"),
     "host.reserved.mem.mb": ("host_reserved_mem_mb", lambda k: _int(k, 0), "1024"),
     "cert.dir": ("cert_dir", _str, ""),
     "state.dir": ("state_dir", _str, "/var/lib/cloudstack/agent"),
@@ -210,6 +211,7 @@ RELOADABLE: frozenset[str] = frozenset(_KEYS) - {
 }
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _RELOAD_MODES = ("auto", "update-tls", "restart", "none")
+_DOMAIN_TYPES = ("kvm", "qemu")
 
 
 @frozen
@@ -255,6 +257,7 @@ class AgentConfig:
     libvirtd_tls_enabled: bool
     cert_expiry_warn_days: int
     libvirtd_reload: str
+    vm_domain_type: str
     pki_root: Path
     ssh_keys_dir: Path
     metrics_listen: str
@@ -303,6 +306,11 @@ class AgentConfig:
             raise ConfigError(
                 f"invalid value for 'libvirtd.reload': {values['libvirtd_reload']!r} "
                 f"(expected one of {', '.join(_RELOAD_MODES)})"
+            )
+        if values["vm_domain_type"] not in _DOMAIN_TYPES:
+            raise ConfigError(
+                f"invalid value for 'vm.domain.type': {values['vm_domain_type']!r} "
+                "(expected kvm or qemu)"
             )
         values["local_storage"] = local_pools(
             values["local_storage_uuid"], values["local_storage_path"]

@@ -10,6 +10,7 @@ from typing import Any
 import libvirt
 import pytest
 
+from agent.config import AgentConfig, ConfigError
 from agent.hypervisor import domainxml
 from agent.hypervisor.domainxml import DomainSpecError, HostSide
 from protocol.codec import from_json
@@ -160,6 +161,19 @@ def test_the_xml_is_one_libvirt_accepts() -> None:
         dom.destroy()
     finally:
         conn.close()
+
+
+def test_domain_type_is_kvm_unless_the_host_says_qemu() -> None:
+    assert build(vm_to()).get("type") == "kvm"  # the Java agent's, always
+    assert build(vm_to(), HostSide(domain_type="qemu")).get("type") == "qemu"
+
+
+def test_vm_domain_type_is_validated() -> None:
+    base = {"guid": "g", "host": "ms"}
+    assert AgentConfig.from_properties(base).vm_domain_type == "kvm"
+    assert AgentConfig.from_properties({**base, "vm.domain.type": "qemu"}).vm_domain_type == "qemu"
+    with pytest.raises(ConfigError, match=r"vm\.domain\.type"):
+        AgentConfig.from_properties({**base, "vm.domain.type": "xen"})
 
 
 def test_cpu_shares_cgroup_v1_v2_and_quota() -> None:

@@ -58,6 +58,7 @@ async def start_vm(cmd: StartCommand, ctx: VmLifeContext) -> Message:
             host_ip=cmd.host_ip,
             labels=TrafficLabels.from_config(ctx.config),
             mount_path=ctx.config.mount_path,
+            domain_type=ctx.config.vm_domain_type,
         )
     except VmError as exc:
         log.warning("vm start failed", vm=vm.name, error=str(exc))

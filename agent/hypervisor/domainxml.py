@@ -52,6 +52,7 @@ class HostSide:
     cgroup v2 (shares are scaled to it), 0 on cgroup v1."""
 
     emulator: str | None = None
+    domain_type: str = "kvm"  # as the Java agent; "qemu" (TCG) where KVM is unusable
     cgroup_v2_capacity: int = 0
     sockets_path: str = "/var/lib/libvirt/qemu"
 
@@ -249,7 +250,7 @@ def build(
     user = vm.type in (None, VmType.USER)
     vm_uuid = _valid_uuid(vm.uuid)
 
-    dom = ET.Element("domain", type="kvm")
+    dom = ET.Element("domain", type=host.domain_type)
     _sub(dom, "name", vm.name)
     _sub(dom, "uuid", vm_uuid)
     _sub(dom, "description", vm.os or "")

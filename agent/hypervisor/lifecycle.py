@@ -130,7 +130,7 @@ def cgroup_v2_capacity(cpus: int, mhz: int, root: Path = CGROUP) -> int:
     return cpus * mhz if unified else 0
 
 
-async def _host_side(hypervisor: Hypervisor, arch: str) -> domainxml.HostSide:
+async def _host_side(hypervisor: Hypervisor, arch: str, domain_type: str) -> domainxml.HostSide:
     caps = await hypervisor.call(lambda conn: conn.getCapabilities())
     facts = hypervisor.last_facts
     capacity = 0
@@ -139,6 +139,7 @@ async def _host_side(hypervisor: Hypervisor, arch: str) -> domainxml.HostSide:
     return domainxml.HostSide(
         emulator=emulator_of(caps, arch),
         cgroup_v2_capacity=capacity,
+        domain_type=domain_type,
     )
 
 
@@ -167,6 +168,7 @@ async def start(
     host_ip: str | None,
     labels: TrafficLabels,
     mount_path: str = "/mnt",
+    domain_type: str = "kvm",
 ) -> Started:
     name = vm.name or ""
     if not name:
@@ -176,7 +178,7 @@ async def start(
         if state in LIVE:
             raise VmError(f"VM {name} is already running on this host ({state}); stop it first")
         paths = await disk_paths(vm, pools, mount_path)
-        host = await _host_side(hypervisor, vm.arch or "x86_64")
+        host = await _host_side(hypervisor, vm.arch or "x86_64", domain_type)
     except HypervisorError as exc:
         raise VmError(f"libvirt could not prepare VM {name}: {exc}") from None
     try:
