@@ -1,6 +1,7 @@
 """The VirtualMachineTO a 4.21 MS sends for the lab's VM: the marker guest booting from a
 volume on the lab's shared pool (SharedMountPoint), one NIC on cloudbr0 (the lab zone's
-guest traffic label), VNC with a password. For StartCommand and PrepareForMigration."""
+guest traffic label), VNC with a password. For StartCommand and PrepareForMigration; and the
+CopyCommand / DeleteCommand that make and expunge its ROOT volume from the lab template."""
 
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from lab.bootdisk import VIRTUAL_SIZE
 from lab.guest import MARKER
 from lab.netns import LabError
-from lab.storage import SHARED_POOL_PATH, SHARED_POOL_UUID
+from lab.storage import SHARED_POOL_PATH, SHARED_POOL_UUID, TEMPLATE_UUID
+from protocol.messages.data_to import PrimaryDataStoreTO, TemplateObjectTO, VolumeObjectTO
+from protocol.messages.enums import ImageFormat, ProvisioningType, StoragePoolType, VolumeType
+from protocol.messages.volumes import CopyCommand, DeleteCommand
 
 if TYPE_CHECKING:
     from lab.hosts import LabHost
@@ -52,6 +58,58 @@ def vm_to(name: str, volume: str) -> dict[str, Any]:
             "securityGroupEnabled": False, "name": "cloudbr0"}],
         "configDriveLocation": "SECONDARY", "guestOsDetails": {}, "extraConfig": {},
     }  # fmt: skip
+
+
+STORE = PrimaryDataStoreTO(
+    uuid=SHARED_POOL_UUID,
+    name="lab-primary",
+    id=1,
+    pool_type=StoragePoolType.SHARED_MOUNT_POINT,
+    host="localhost",
+    path=SHARED_POOL_PATH,
+    details={},
+)
+
+
+def root_volume(vm: str, volume: str) -> VolumeObjectTO:
+    """The ROOT volume ``volume`` of VM ``vm`` on the shared pool, as the MS names it."""
+    return VolumeObjectTO(
+        uuid=volume,
+        volume_type=VolumeType.ROOT,
+        data_store=STORE,
+        name="ROOT-77",
+        size=VIRTUAL_SIZE,
+        path=volume,
+        volume_id=77,
+        vm_name=vm,
+        account_id=2,
+        format=ImageFormat.QCOW2,
+        provisioning_type=ProvisioningType.THIN,
+        pool_id=1,
+        id=77,
+    )
+
+
+def clone_command(vm: str, volume: str) -> CopyCommand:
+    """What the MS sends to make ``vm``'s ROOT volume from the template on the shared pool."""
+    return CopyCommand(
+        src_to=TemplateObjectTO(
+            path=TEMPLATE_UUID,
+            uuid="5b8d8a1c-0000-4000-8000-0000000000c9",
+            id=201,
+            format=ImageFormat.QCOW2,
+            image_data_store=STORE,
+            name="201-2-bootdisk",
+            hvm=True,
+        ),
+        dest_to=attrs.evolve(root_volume(vm, volume), path=None),
+        wait=0,  # as the MS sends a clone
+    )
+
+
+def delete_command(vm: str, volume: str) -> DeleteCommand:
+    """What the MS sends to expunge the volume."""
+    return DeleteCommand(data=root_volume(vm, volume))
 
 
 # Near the end of the guest's 2-98 MiB fill (32-byte aligned from 2 MiB): filled once it

@@ -6,11 +6,12 @@ unsecured and reach Up through a 4.21 MS's connect sequence (the shared primary 
 on both hosts, the traffic labels checked), then the MS's statistics cycle runs; certificates
 are provisioned in-band; libvirtd takes them once the agents are
 idle; the agents register again as secured. Then a VM as CloudStack makes one: a volume
-from the template on the shared pool, StartCommand on A; the MS's migration sequence
-(PrepareForMigration on B, MigrateCommand on A over qemu+tls with QEMU native TLS while a
-packet capture looks for the guest's memory and disk markers on the wire,
-CheckVirtualMachine on B); A's ping no longer lists it. MS1 is killed and the agents move
-to MS2, which stops the VM on B: nothing stays defined on either host.
+cloned from the template on the shared pool (CopyCommand), StartCommand on A; the MS's
+migration sequence (PrepareForMigration on B, MigrateCommand on A over qemu+tls with QEMU
+native TLS while a packet capture looks for the guest's memory and disk markers on the
+wire, CheckVirtualMachine on B); A's ping no longer lists it. MS1 is killed and the agents move
+to MS2, which stops the VM on B (nothing stays defined on either host) and deletes its
+volume (DeleteCommand).
 
 Without root or QEMU it says so and runs what works here: a session against libvirt's
 test driver, with failover between two management servers on loopback.
@@ -31,9 +32,10 @@ from agent import logs
 from lab.bootdisk import DISK_MARKER
 from lab.ca import LAB_CA_DIRNAME, LabCA
 from lab.cloud import GUID_SUFFIX, LabCloud
-from lab.cloudvm import vm_to, wait_ram_filled
+from lab.cloudvm import clone_command, delete_command, vm_to, wait_ram_filled
 from lab.hosts import DEFAULT_WORKDIR, Lab, count_marker, lab_unavailable
 from lab.storage import SHARED_POOL_PATH
+from protocol.codec import to_json
 
 VM = "i-2-77-VM"
 VOLUME = "7c5e9a41-0000-4000-8000-00000000a077"
@@ -143,15 +145,17 @@ async def _cloudstack_vm(
 ) -> None:
     """The VM's life as the MS drives it, up to its migration A -> B."""
     a, b = lab.hosts["a"], lab.hosts["b"]
-    template = lab.place_template()
-    # CopyCommand (template -> volume) is merged (vm-volumes) but not yet sent here: the
-    # volume is the same qcow2 overlay, made by hand.
-    await trio.to_thread.run_sync(
-        lambda: a.create_overlay(f"{SHARED_POOL_PATH}/{VOLUME}", template)
-    )
+    await trio.to_thread.run_sync(lab.place_template)
+    a.run(["rm", "-f", f"{SHARED_POOL_PATH}/{VOLUME}"], check=True)  # an earlier run's
+    clone = clone_command(VM, VOLUME)
+    copied = await cloud.send("a", {clone.java_class: to_json(clone)})
+    if not copied.get("result"):
+        raise RuntimeError(f"CopyCommand on A: {copied.get('details')}")
+    ((_cls, volume),) = copied["newData"].items()
     say(
-        f"volume {VOLUME[:8]} cloned from the template on the shared pool (by hand: "
-        "the demo does not send CopyCommand yet)"
+        f"MS1 > CopyCommand on A: {_answer_line(copied)}; volume {volume['path'][:8]} "
+        f"({volume['format']}, {volume['size'] >> 20} MiB) cloned from the template on the "
+        "shared pool"
     )
     to = vm_to(VM, VOLUME)
     started = await cloud.send("a", {_API + "StartCommand": {"vm": to, "hostIp": a.ip}})
@@ -280,6 +284,9 @@ async def full_story(base: Path) -> list[tuple[str, str]]:
         left = [n.upper() for n, h in lab.hosts.items() if h.domain_state(VM) is not None]
         say(f"MS2 > StopCommand on B: {_answer_line(stopped)}; defined on: {left or 'no host'}")
         summary.append((f"{VM} after StopCommand", f"defined on {', '.join(left) or 'no host'}"))
+        delete = delete_command(VM, VOLUME)
+        deleted = await cloud.send("b", {delete.java_class: to_json(delete)}, ms="ms2")
+        say(f"MS2 > DeleteCommand on B: {_answer_line(deleted)}; volume {VOLUME[:8]} expunged")
     finally:
         t = time.monotonic()
         cloud.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import attrs
 import pytest
 import trio
 
@@ -19,14 +18,12 @@ from lab.bootdisk import DISK_MARKER, VIRTUAL_SIZE, disk_domain_xml
 from lab.ca import LAB_CA_DIRNAME, LabCA
 from lab.cloud import GUID_SUFFIX
 from lab.cloud import LabCloud as Cloud
-from lab.cloudvm import vm_to, wait_ram_filled
+from lab.cloudvm import clone_command, delete_command, vm_to, wait_ram_filled
 from lab.hosts import Lab, LabHost, count_marker
 from lab.ms_side import verdict_for
-from lab.storage import LOCAL_IMAGES, SHARED_POOL_PATH, SHARED_POOL_UUID, TEMPLATE_UUID
+from lab.storage import LOCAL_IMAGES, SHARED_POOL_PATH
 from protocol.codec import decode_array, to_json
-from protocol.messages.data_to import PrimaryDataStoreTO, TemplateObjectTO, VolumeObjectTO
-from protocol.messages.enums import ImageFormat, ProvisioningType, StoragePoolType, VolumeType
-from protocol.messages.volumes import CopyCmdAnswer, CopyCommand, DeleteCommand
+from protocol.messages.volumes import CopyCmdAnswer
 from protocol.model import Command, Message
 from tests.conftest_lab import LAB_DIR
 
@@ -70,52 +67,6 @@ def cloud(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]
         lab.rebuild()  # the agents re-linked the hosts' PKI: the next module gets the lab back
 
 
-STORE = PrimaryDataStoreTO(
-    uuid=SHARED_POOL_UUID,
-    name="lab-primary",
-    id=1,
-    pool_type=StoragePoolType.SHARED_MOUNT_POINT,
-    host="localhost",
-    path=SHARED_POOL_PATH,
-    details={},
-)
-
-
-def _root_volume() -> VolumeObjectTO:
-    return VolumeObjectTO(
-        uuid=VOL,
-        volume_type=VolumeType.ROOT,
-        data_store=STORE,
-        name="ROOT-77",
-        size=VIRTUAL_SIZE,
-        path=VOL,
-        volume_id=77,
-        vm_name=VM,
-        account_id=2,
-        format=ImageFormat.QCOW2,
-        provisioning_type=ProvisioningType.THIN,
-        pool_id=1,
-        id=77,
-    )
-
-
-def _clone_command() -> CopyCommand:
-    """What the MS sends to make VM's ROOT volume from the template on the primary pool."""
-    return CopyCommand(
-        src_to=TemplateObjectTO(
-            path=TEMPLATE_UUID,
-            uuid="5b8d8a1c-0000-4000-8000-0000000000c9",
-            id=201,
-            format=ImageFormat.QCOW2,
-            image_data_store=STORE,
-            name="201-2-bootdisk",
-            hvm=True,
-        ),
-        dest_to=attrs.evolve(_root_volume(), path=None),
-        wait=0,  # as the MS sends a clone
-    )
-
-
 async def _send(cloud: Cloud, host: str, command: Command) -> Message:
     """``command`` through the lab MS; the answer as the MS decoded it, its class included."""
     reply = await cloud.control(
@@ -153,7 +104,7 @@ async def test_start_migrate_over_native_tls_check_stop(
     # The ROOT volume: the MS clones the template on the shared pool (CopyCommand, on A).
     await trio.to_thread.run_sync(lab.place_template)
     a.run(["rm", "-f", f"{SHARED_POOL_PATH}/{VOL}"], check=True)
-    clone = _clone_command()
+    clone = clone_command(VM, VOL)
     copied = await _send(cloud, "a", clone)
     verdict = verdict_for(clone, copied)
     assert isinstance(copied, CopyCmdAnswer) and verdict.ok, (verdict.reason, copied)
@@ -235,7 +186,7 @@ async def test_start_migrate_over_native_tls_check_stop(
     await _vms_in_ping(cloud, "a", VM, present=False)
 
     # The MS expunges the volume (DeleteCommand, through any host of the pool).
-    delete = DeleteCommand(data=_root_volume())
+    delete = delete_command(VM, VOL)
     deleted = await _send(cloud, "b", delete)
     assert verdict_for(delete, deleted).ok, deleted
     assert a.run(["test", "-e", f"{SHARED_POOL_PATH}/{VOL}"]).returncode == 1
