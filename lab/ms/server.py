@@ -12,7 +12,6 @@ only). Hosts are kept in SQLite (:mod:`lab.db`). Tests and the demo use the API 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import ssl
@@ -21,7 +20,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
 import structlog
 import trio
 from attrs import define, field
@@ -29,25 +27,22 @@ from structlog.typing import FilteringBoundLogger
 
 from agent.link.transport import ConnectionLost, RequestTimeout, describe
 from lab.ca import LabCA
-from lab.db import HostDB, HostRecord
-from lab.ms import connect, sshkeys
-from lab.ms.connect import ConnectRecord, Failure, Step
+from lab.db import HostDB
+from lab.ms import sshkeys
 from lab.ms.errors import CommandError
-from lab.ms.hosts import ALERT, CONNECTING, DISCONNECTED, UP, HostTable
-from lab.ms.link import AgentLink, MsStream, Submitted
+from lab.ms.hosts import ALERT, CONNECTING, DISCONNECTED, UP
+from lab.ms.join import HostJoin
+from lab.ms.link import AgentLink, MsStream
 from lab.ms.migrate import Migration, migrate
 from lab.ms.stats import StatsCollector
 from lab.ms.status import Event, Status
 from lab.ms.zone import BARE, Zone
-from lab.ms_side import verdict_for
-from lab.ms_side.verdict import HostEffect
 from protocol import Answer, Message, Request, Session, UnknownMessage
 from protocol.codec import to_json
 from protocol.messages.host import (
     PingAnswer,
     PingCommand,
     PingRoutingCommand,
-    ReadyCommand,
     ShutdownCommand,
     StartupAnswer,
     StartupRoutingCommand,
@@ -68,27 +63,20 @@ def succeeded(answer: Message) -> bool:
 
 
 @define(eq=False)
-class ManagementServer(HostTable):
+class ManagementServer(HostJoin):
     host: str = "127.0.0.1"
     port: int = 0
     params: dict[str, str] = field(factory=dict)
     mgmt_id: int = 0
     require_client_cert: bool = False
-    ms_host_list: list[str] | None = None
-    lb_algorithm: str = "static"
-    lb_check_interval: int = 0
     handshake_timeout: float = 30  # the Java side's
-    ready_timeout: float = connect.READY_WAIT  # ready.command.wait
 
     # Knobs for tests.
     silent: bool = False  # read requests, answer none of them
-    refuse_ready: str | None = None  # the host is refused: a ReadyCommand with these _details
     request_startup_once: bool = False  # the next PingAnswer says sendStartup=true
 
-    connects: list[ConnectRecord] = field(factory=list)
     stats: StatsCollector = field(init=False)
 
-    _join_locks: dict[str, trio.Lock] = field(factory=dict, init=False)
     _nursery: trio.Nursery | None = field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -277,108 +265,6 @@ class ManagementServer(HostTable):
         record_at = trio.current_time()
         link.nursery.start_soon(self._connect, link, record, request.commands, startup, record_at)
 
-    async def _connect(
-        self,
-        link: AgentLink,
-        record: HostRecord,
-        startups: Sequence[Message],
-        startup: StartupRoutingCommand,
-        startup_at: float,
-    ) -> None:
-        rec = ConnectRecord(record.guid, record.id, link.accepted_at, startup_at)
-        self.connects.append(rec)
-        ready = ReadyCommand(
-            host_id=record.id,
-            host_uuid=record.uuid,
-            host_name=record.name,
-            dc_id=self.zone.id,
-            enable_human_readable_sizes=True,
-            wait=int(self.ready_timeout),
-        )
-        # The host join lock: a second startup of the same host waits for this one.
-        async with self._join_locks.setdefault(record.guid, trio.Lock()):
-            if link.ended.is_set():
-                rec.outcome, rec.reason = "lost", "the connection ended before its turn"
-                return
-            refusal = self.refuse_ready or self._discoverer_refusal(startup, record)
-            if refusal is not None:
-                await self._fail(link, rec, Failure(HostEffect.REFUSED, refusal))
-                return
-            # AgentConnected: a host that was Up (a startup again on its link) reconnects.
-            self._transit(record.id, Event.AGENT_CONNECTED)
-            link.attached = True  # createAttacheForConnect
-            self.liveness.connected(record.id)  # BehindOnPingListener
-            failure = await connect.run_listeners(
-                self, link, rec, startups, host_name=record.name
-            ) or await connect.send_ready(self, link, rec, ready)
-            if failure is not None:
-                await self._fail(link, rec, failure)
-                return
-            self._transit(record.id, Event.READY)
-            link.ready = True
-            rec.outcome, rec.up_at = UP, trio.current_time()
-            link.log.info("host is up", connect_s=round(rec.up_at - rec.accepted_at, 3))
-            self._notify()
-        # handleConnectedAgent, after the lock: the prepared ReadyCommand once more, with the
-        # management server list when the agent's is not the MS's; the answer is not read.
-        second = ReadyCommand(
-            host_id=record.id,
-            host_uuid=record.uuid,
-            host_name=record.name,
-            dc_id=self.zone.id,
-            enable_human_readable_sizes=True,
-            avoid_ms_host_list=[],
-            lb_check_interval=self.lb_check_interval,
-            arch=startup.arch,
-        )
-        if self.ms_host_list and not self._same_ms_list(startup.ms_host_list):
-            second = attrs.evolve(
-                second, ms_host_list=list(self.ms_host_list), lb_algorithm=self.lb_algorithm
-            )
-        rec.steps.append(Step("ReadyCommand", 0, trio.current_time() - rec.accepted_at))
-        answer = await self.easy_send(link, second)
-        rec.steps[-1].verdict = verdict_for(second, answer)
-
-    def _same_ms_list(self, agent_list: str | None) -> bool:
-        """IndirectAgentLBServiceImpl.compareManagementServerListAndLBAlgorithm."""
-        if not agent_list:
-            return False
-        hosts, _, algorithm = agent_list.partition("@")
-        return algorithm == self.lb_algorithm and hosts.split(",") == self.ms_host_list
-
-    def _discoverer_refusal(self, startup: StartupRoutingCommand, record: HostRecord) -> str | None:
-        if not self.zone.listeners:
-            return None
-        first = next((r for r in self.db.all() if r.id != record.id and r.details), None)
-        cluster_os = first.details.get("Host.OS") if first is not None else None
-        return connect.host_os_refusal(startup, cluster_os, first is not None)
-
-    async def _fail(self, link: AgentLink, rec: ConnectRecord, failure: Failure) -> None:
-        rec.reason = failure.reason
-        if failure.effect is HostEffect.REFUSED:
-            rec.outcome = "refused"
-            link.log.info("host refused in ReadyCommand", reason=failure.reason)
-            refusal = ReadyCommand(details=failure.reason)
-            try:
-                submitted = await link.stream.submit([refusal])
-            except ConnectionLost:
-                return
-            link.nursery.start_soon(_drain, submitted)
-            return
-        event = Event.SHUTDOWN_REQUESTED
-        if failure.effect is HostEffect.ALERT:
-            event = Event.AGENT_DISCONNECTED
-        assert link.host_id is not None
-        await self._disconnect_link(link, event)
-        after = self.db.get(link.host_id)
-        rec.outcome = after.status if after is not None else None
-        link.log.warning(
-            "connect failed: the host is out and its connection closed; the ReadyCommand "
-            "with the reason cannot be sent on the closed link",
-            status=rec.outcome,
-            reason=failure.reason,
-        )
-
     async def _on_ping(self, link: AgentLink, request: Request, ping: PingCommand) -> None:
         report = ping.host_vm_state_report if isinstance(ping, PingRoutingCommand) else None
         if link.guid is not None and report is not None:  # none: the real MS skips the sync
@@ -485,12 +371,6 @@ class ManagementServer(HostTable):
             vm_to=vm_to,
             migrate_storage=migrate_storage,
         )
-
-
-async def _drain(submitted: Submitted) -> None:
-    """Wait for an answer nobody reads, so that it is not taken for a stray message."""
-    with contextlib.suppress(ConnectionLost, RequestTimeout):
-        await submitted.response(30)
 
 
 __all__ = ["ALERT", "CONNECTING", "DISCONNECTED", "UP", "ManagementServer", "Status", "succeeded"]
