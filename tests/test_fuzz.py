@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import gzip
 import json
 import ssl
@@ -17,10 +18,10 @@ from typing import Any, Union
 
 import attrs
 import pytest
+import trustme
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from lab.ca import LabCA
 from protocol.codec import decode_array, decode_body, encode_messages, from_json, to_json
 from protocol.errors import BodyError, HeaderError, LinkError, ProtocolError
 from protocol.header import Header
@@ -29,7 +30,6 @@ from protocol.link import Link
 from protocol.messages import data_to, ha, network, stats, storage, to, vm, volumes
 from protocol.model import JSON_NAME, message_classes
 from protocol.session import Role, Session
-from tests.conftest import client_context, tls12_server_context
 
 scalars = (
     st.none()
@@ -106,6 +106,7 @@ nested_json = st.recursive(
 )
 
 
+@functools.cache  # one strategy per (type, depth), not one per example drawn
 def shaped(tp: Any, depth: int = 0) -> st.SearchStrategy[Any]:
     """Values of the shape ``tp`` has on the wire, now and then of any other shape."""
     noise = nested_json
@@ -224,8 +225,22 @@ def test_session_decoder_with_valid_headers(items: list[Any], flags: int, lie: b
 
 
 @pytest.fixture(scope="module")
-def contexts(ca: LabCA) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    return client_context(ca), tls12_server_context(ca)
+def contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """Mutual TLS 1.2 for the link decoder, which trusts nothing itself (the trust rule has
+    tests of its own): trustme's ECDSA certificates keep each example's handshake cheap
+    (with the CloudStack-made RSA 4096 CA a handshake was most of an example's time)."""
+    ca = trustme.CA()
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.minimum_version = server.maximum_version = ssl.TLSVersion.TLSv1_2  # as the Java MS
+    server.verify_mode = ssl.CERT_REQUIRED
+    ca.issue_cert("ms.test").configure_cert(server)
+    ca.configure_trust(server)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.minimum_version = ssl.TLSVersion.TLSv1_2
+    client.check_hostname = False  # the Java agent checks none either
+    ca.issue_cert("agent.test").configure_cert(client)
+    ca.configure_trust(client)
+    return client, server
 
 
 @given(st.binary(max_size=400))
