@@ -10,17 +10,13 @@ true with the error in ``details``, and the MS then thinks the VM stopped).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
 from agent.config import AgentConfig
 from agent.handlers import handler
-from agent.hypervisor import lifecycle
 from agent.hypervisor.connection import Hypervisor
-from agent.hypervisor.lifecycle import VmError
-from agent.hypervisor.pools import Pools
-from agent.hypervisor.vifs import TrafficLabels
 from protocol.messages.vm import (
     RebootAnswer,
     RebootCommand,
@@ -30,6 +26,9 @@ from protocol.messages.vm import (
     StopCommand,
 )
 from protocol.model import Message
+
+if TYPE_CHECKING:
+    from agent.hypervisor.pools import Pools
 
 log = structlog.get_logger("agent.vmlife")
 
@@ -47,6 +46,12 @@ class VmLifeContext(Protocol):
 
 @handler(StartCommand)
 async def start_vm(cmd: StartCommand, ctx: VmLifeContext) -> Message:
+    # Imported when a VM is first started, stopped or rebooted: an idle agent never loads
+    # the domain XML builder and its kin.
+    from agent.hypervisor import lifecycle
+    from agent.hypervisor.lifecycle import VmError
+    from agent.hypervisor.vifs import TrafficLabels
+
     vm = cmd.vm
     if vm is None or not vm.name:
         return StartAnswer(result=False, details="the StartCommand carries no VM (vm.name)", vm=vm)
@@ -71,6 +76,9 @@ async def start_vm(cmd: StartCommand, ctx: VmLifeContext) -> Message:
 
 @handler(StopCommand)
 async def stop_vm(cmd: StopCommand, ctx: VmLifeContext) -> Message:
+    from agent.hypervisor import lifecycle
+    from agent.hypervisor.lifecycle import VmError
+
     name = cmd.vm_name
     if not name:
         return StopAnswer(result=False, details="the StopCommand names no VM (vmName)")
@@ -94,6 +102,9 @@ async def stop_vm(cmd: StopCommand, ctx: VmLifeContext) -> Message:
 
 @handler(RebootCommand)
 async def reboot_vm(cmd: RebootCommand, ctx: VmLifeContext) -> Message:
+    from agent.hypervisor import lifecycle
+    from agent.hypervisor.lifecycle import VmError
+
     name = cmd.vm_name or (cmd.vm.name if cmd.vm else None)
     if not name:
         return RebootAnswer(result=False, details="the RebootCommand names no VM (vmName)")

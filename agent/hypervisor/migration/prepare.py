@@ -18,9 +18,8 @@ import structlog
 import trio
 
 from agent.config import AgentConfig
-from agent.hypervisor import domains, domainxml, vifs
+from agent.hypervisor import domains, vifs
 from agent.hypervisor.connection import Hypervisor, HypervisorError
-from agent.hypervisor.lifecycle import cgroup_v2_capacity
 from protocol.codec import from_json
 from protocol.errors import BodyError
 from protocol.messages.migration import PrepareForMigrationAnswer, PrepareForMigrationCommand
@@ -39,6 +38,10 @@ async def incoming_migrations(hypervisor: Hypervisor) -> int:
 
 async def cpu_shares_here(hypervisor: Hypervisor, vm: VirtualMachineTO) -> int | None:
     """calculateCpuShares on this host; None when the TO has no speed to compute from."""
+    # Here, not at the top: an idle agent never loads the domain XML builder.
+    from agent.hypervisor import domainxml
+    from agent.hypervisor.lifecycle import cgroup_v2_capacity
+
     facts = hypervisor.last_facts
     capacity = 0
     if facts is not None:
