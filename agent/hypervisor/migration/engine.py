@@ -26,7 +26,7 @@ import trio
 from attrs import define, field
 
 from agent.config import AgentConfig, NativeTls
-from agent.hypervisor import domains, vifs
+from agent.hypervisor import domains
 from agent.hypervisor.connection import Hypervisor, HypervisorError, Lane
 from agent.hypervisor.domains import LIVE, DomainState
 from agent.hypervisor.migration.call import (
@@ -276,6 +276,8 @@ class Migrations:
         if answer.result:
             # As the Java agent after a success: the VLAN bridges no VM uses any more go
             # (unless vlanToPersistenceMap keeps them); label bridges stay.
+            from agent.hypervisor import vifs  # NIC plumbing: loaded when first needed
+
             removed = await vifs.unplug_nics(bridges, cmd.vlan_to_persistence_map)
             mlog.info("source NICs unplugged", bridges=bridges, deleted=removed)
         if warning is not None:
@@ -365,6 +367,8 @@ class Migrations:
         return MigrateAnswer(result=False, details=details)
 
     async def _bridges(self, vm: str) -> list[str]:
+        from agent.hypervisor import vifs  # NIC plumbing: loaded when first needed
+
         xml = await self._call_quietly(vm, lambda d: d.XMLDesc(0))
         return vifs.interface_bridges(xml) if isinstance(xml, str) else []
 

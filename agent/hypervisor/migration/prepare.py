@@ -18,7 +18,7 @@ import structlog
 import trio
 
 from agent.config import AgentConfig
-from agent.hypervisor import domains, vifs
+from agent.hypervisor import domains
 from agent.hypervisor.connection import Hypervisor, HypervisorError
 from protocol.codec import from_json
 from protocol.errors import BodyError
@@ -90,6 +90,8 @@ async def prepare(
             details=f"cannot receive {name}: {incoming} incoming migrations already in "
             f"progress (migration.max.incoming={limit})",
         )
+    from agent.hypervisor import vifs  # NIC plumbing: loaded when first needed
+
     try:
         plugged = await vifs.plug_nics(vm.nics or [], vifs.TrafficLabels.from_config(cfg))
     except vifs.VifError as exc:
