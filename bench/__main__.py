@@ -14,9 +14,8 @@ import trio
 
 from agent import logs
 from bench import burst, codec, migration, session, vmlife, zone
+from bench.report import RESULTS, print_figures
 from lab.hosts import lab_unavailable
-
-RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
 
 def machine() -> dict[str, Any]:
@@ -45,10 +44,10 @@ def main() -> int:
     codec.print_table(results["codec"])
     print("\n== session (real agent process, lab MS on loopback, mutual TLS) ==")
     results["session"] = trio.run(session.run)
-    session.print_table(results["session"])
+    print_figures(results["session"])
     print("\n== burst (20,000 CheckHealthCommands at once; real agent process, ping every 1 s) ==")
     results["burst"] = trio.run(burst.run)
-    burst.print_table(results["burst"])
+    print_figures(results["burst"])
     print("\n== migration (two-host lab, 128 MiB guest) ==")
     reason = lab_unavailable()
     if reason:
@@ -63,14 +62,14 @@ def main() -> int:
         results["zone"] = {"skipped": reason}
     else:
         results["zone"] = trio.run(zone.run)
-        zone.print_table(results["zone"])
+        print_figures(results["zone"])
     print("\n== vmlife (lab host a: StartCommand -> running, StopCommand -> gone) ==")
     if reason:
         print(f"skipped: {reason}")
         results["vmlife"] = {"skipped": reason}
     else:
         results["vmlife"] = trio.run(vmlife.run)
-        vmlife.print_table(results["vmlife"])
+        print_figures(results["vmlife"])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwritten to {RESULTS}")

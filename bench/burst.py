@@ -25,6 +25,7 @@ import trio
 
 from agent import logs
 from agent.link.transport import ConnectionLost, MessageStream
+from bench.report import RESULTS, print_figures, save_section
 from lab.ca import LabCA
 from protocol import Request, Response, Session
 from protocol.messages.host import (
@@ -37,7 +38,6 @@ from protocol.messages.host import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results" / "latest.json"
 PING_INTERVAL = 1
 
 
@@ -177,12 +177,6 @@ async def run(count: int = 20_000) -> dict[str, Any]:
     }
 
 
-def print_table(results: dict[str, Any]) -> None:
-    width = max(len(k) for k in results)
-    for key, value in results.items():
-        print(f"{key:<{width}}  {value}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=20_000)
@@ -193,11 +187,9 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        print_table(results)
+        print_figures(results)
     if args.save:
-        saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        saved["burst"] = results
-        RESULTS.write_text(json.dumps(saved, indent=2) + "\n")
+        save_section("burst", results)
         print(f"merged into {RESULTS}")
 
 

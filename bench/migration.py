@@ -30,6 +30,7 @@ from typing import Any, Final
 import trio
 
 from agent import logs
+from bench.report import print_figures
 from lab.ca import LAB_CA_DIRNAME, LabCA
 from lab.cloud import ROOT, LabCloud
 from lab.hosts import DEFAULT_WORKDIR, Lab
@@ -148,10 +149,7 @@ async def run(rounds: int = ROUNDS) -> dict[str, Any]:
 
 def print_table(result: dict[str, Any]) -> None:
     """The medians, then one line per migration (wall, job, and the gap between them)."""
-    figures = {k: v for k, v in result.items() if k != "migrations"}
-    width = max(len(k) for k in figures)
-    for key, value in figures.items():
-        print(f"{key:<{width}}  {value}")
+    print_figures({k: v for k, v in result.items() if k != "migrations"})
     print(
         f"\n{'kind':<11} {'route':<6} {'wall_s':>7} {'job_s':>7} {'gap_s':>7} {'downtime_ms':>11}"
     )

@@ -26,6 +26,7 @@ import trio
 from agent import logs
 from agent.config import host_guid
 from bench.agent_proc import SLOW_COMMAND
+from bench.report import print_figures
 from lab.ca import LabCA
 from lab.control import control_request
 from lab.mgmt import ManagementServer
@@ -233,12 +234,6 @@ async def run(*, failovers: int = 5, seconds: float = 15, slow: int = 100) -> di
         return results
 
 
-def print_table(results: dict[str, Any]) -> None:
-    width = max(len(k) for k in results)
-    for key, value in results.items():
-        print(f"{key:<{width}}  {value}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--failovers", type=int, default=5)
@@ -252,7 +247,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        print_table(results)
+        print_figures(results)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from typing import Any, Final
 import trio
 
 from agent import logs
+from bench.report import RESULTS, print_figures, save_section
 from lab.ca import LAB_CA_DIRNAME, LabCA
 from lab.cloud import LabCloud
 from lab.hosts import DEFAULT_WORKDIR, Lab
@@ -35,7 +36,6 @@ from protocol.messages.to import VirtualMachineTO
 from protocol.messages.vm import StartCommand, StopCommand
 
 WORKDIR = DEFAULT_WORKDIR
-RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 RUNS: Final = 5
 VM = "i-2-88-VM"
 
@@ -127,12 +127,6 @@ async def run(runs: int = RUNS) -> dict[str, Any]:
     }
 
 
-def print_table(result: dict[str, Any]) -> None:
-    width = max(len(k) for k in result)
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=RUNS)
@@ -144,13 +138,11 @@ def main() -> None:
     logs.configure("warning")
     result = trio.run(lambda: run(args.runs))
     if args.save:
-        saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        saved["vmlife"] = result
-        RESULTS.write_text(json.dumps(saved, indent=2) + "\n")
+        save_section("vmlife", result)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print_table(result)
+        print_figures(result)
 
 
 if __name__ == "__main__":

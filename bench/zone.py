@@ -30,13 +30,13 @@ from typing import Any, Final
 import trio
 
 from agent import logs
+from bench.report import RESULTS, print_figures, save_section
 from lab.ca import LAB_CA_DIRNAME, LabCA
 from lab.cloud import LabCloud
 from lab.hosts import DEFAULT_WORKDIR, Lab
 
 VM = "guest1"
 WORKDIR = DEFAULT_WORKDIR
-RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 RECONNECTS: Final = 4
 MIGRATIONS: Final = 6
 STATS_INTERVAL: Final = 0.2  # seconds between statistics cycles (60 s in a real MS)
@@ -161,12 +161,6 @@ async def run(reconnects: int = RECONNECTS, migrations: int = MIGRATIONS) -> dic
     return out
 
 
-def print_table(result: dict[str, Any]) -> None:
-    width = max(len(k) for k in result)
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reconnects", type=int, default=RECONNECTS)
@@ -179,13 +173,11 @@ def main() -> None:
     logs.configure("warning")
     result = trio.run(lambda: run(args.reconnects, args.migrations))
     if args.save:
-        saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        saved["zone"] = result
-        RESULTS.write_text(json.dumps(saved, indent=2) + "\n")
+        save_section("zone", result)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print_table(result)
+        print_figures(result)
 
 
 if __name__ == "__main__":
