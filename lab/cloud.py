@@ -23,6 +23,8 @@ from agent.config import RESOURCE_NAME
 from lab.ca import LabCA
 from lab.control import control_request
 from lab.hosts import Lab
+from protocol.codec import decode_array, to_json
+from protocol.model import Command, Message
 
 ROOT = Path(__file__).resolve().parent.parent
 MS_PORT = 8250
@@ -213,18 +215,33 @@ class LabCloud:
         """The MS closes the host's connection (the agent comes back after its back-off)."""
         await self.control({"op": "disconnect", "host": name + GUID_SUFFIX}, ms=ms)
 
-    async def send(
-        self, name: str, item: dict[str, Any], *, ms: str | None = None, timeout: float = 120
+    async def _send_item(
+        self, name: str, item: dict[str, Any], ms: str | None, timeout: float
     ) -> dict[str, Any]:
-        """Send one command; returns the answer's fields."""
+        """One command (``{java class: fields}``) to host ``name``; its answer item."""
         reply = await control_request(
             self._ms(ms).control,
             {"op": "send", "host": name + GUID_SUFFIX, "commands": [item], "timeout": timeout},
         )
         if not reply.get("ok"):
             raise RuntimeError(reply.get("error"))
-        ((_cls, fields),) = reply["answers"][0].items()
+        answer: dict[str, Any] = reply["answers"][0]
+        return answer
+
+    async def send(
+        self, name: str, item: dict[str, Any], *, ms: str | None = None, timeout: float = 120
+    ) -> dict[str, Any]:
+        """Send one command given as JSON; returns the answer's fields."""
+        ((_cls, fields),) = (await self._send_item(name, item, ms, timeout)).items()
         return dict(fields)
+
+    async def ask(
+        self, name: str, command: Command, *, ms: str | None = None, timeout: float = 120
+    ) -> Message:
+        """Send one command; the answer as the MS decoded it (its class included)."""
+        item = await self._send_item(name, {command.java_class: to_json(command)}, ms, timeout)
+        (answer,) = decode_array([item])
+        return answer
 
     async def migrate(
         self, vm: str, source: str, dest: str, *, ms: str | None = None, timeout: float = 120

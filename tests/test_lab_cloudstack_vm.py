@@ -22,9 +22,7 @@ from lab.cloudvm import clone_command, delete_command, vm_to, wait_ram_filled
 from lab.hosts import Lab, LabHost, count_marker
 from lab.ms_side import verdict_for
 from lab.storage import LOCAL_IMAGES, SHARED_POOL_PATH
-from protocol.codec import decode_array, to_json
 from protocol.messages.volumes import CopyCmdAnswer
-from protocol.model import Command, Message
 from tests.conftest_lab import LAB_DIR
 
 pytestmark = pytest.mark.lab
@@ -67,21 +65,6 @@ def cloud(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]
         lab.rebuild()  # the agents re-linked the hosts' PKI: the next module gets the lab back
 
 
-async def _send(cloud: Cloud, host: str, command: Command) -> Message:
-    """``command`` through the lab MS; the answer as the MS decoded it, its class included."""
-    reply = await cloud.control(
-        {
-            "op": "send",
-            "host": host + GUID_SUFFIX,
-            "commands": [{command.java_class: to_json(command)}],
-            "timeout": 120,
-        }
-    )
-    assert reply.get("ok"), reply
-    (answer,) = decode_array(reply["answers"])
-    return answer
-
-
 def _defined(host: LabHost, name: str) -> bool:
     return name in host.virsh("list", "--all", "--name").split()
 
@@ -105,7 +88,7 @@ async def test_start_migrate_over_native_tls_check_stop(
     await trio.to_thread.run_sync(lab.place_template)
     a.run(["rm", "-f", f"{SHARED_POOL_PATH}/{VOL}"], check=True)
     clone = clone_command(VM, VOL)
-    copied = await _send(cloud, "a", clone)
+    copied = await cloud.ask("a", clone)
     verdict = verdict_for(clone, copied)
     assert isinstance(copied, CopyCmdAnswer) and verdict.ok, (verdict.reason, copied)
     assert verdict.read["path"] == VOL  # what the MS stores as the volume's path
@@ -187,7 +170,7 @@ async def test_start_migrate_over_native_tls_check_stop(
 
     # The MS expunges the volume (DeleteCommand, through any host of the pool).
     delete = delete_command(VM, VOL)
-    deleted = await _send(cloud, "b", delete)
+    deleted = await cloud.ask("b", delete)
     assert verdict_for(delete, deleted).ok, deleted
     assert a.run(["test", "-e", f"{SHARED_POOL_PATH}/{VOL}"]).returncode == 1
 

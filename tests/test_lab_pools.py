@@ -19,13 +19,10 @@ import pytest
 import trio
 
 from lab.ca import LAB_CA_DIRNAME, LabCA
-from lab.cloud import GUID_SUFFIX
 from lab.cloud import LabCloud as Cloud
-from lab.control import control_request
 from lab.hosts import Lab, LabHost
 from lab.ms_side import HostEffect, ha, verdict_for
 from lab.storage import LOCAL_IMAGES, SHARED_POOL_PATH, SHARED_POOL_UUID
-from protocol.codec import decode_array, to_json
 from protocol.messages.enums import StoragePoolType
 from protocol.messages.ha import CheckOnHostAnswer, CheckOnHostCommand, FenceAnswer, FenceCommand
 from protocol.messages.storage import (
@@ -35,7 +32,6 @@ from protocol.messages.storage import (
     ModifyStoragePoolCommand,
 )
 from protocol.messages.to import HostTO, NetworkTO, StorageFilerTO
-from protocol.model import Command, Message
 from tests.conftest_lab import LAB_DIR
 
 pytestmark = pytest.mark.lab
@@ -100,22 +96,6 @@ async def _both_up(c: Cloud) -> None:
         await c.wait_host(name, timeout=60)
 
 
-async def send(c: Cloud, host: str, command: Command) -> Message:
-    """``command`` to ``host`` through the lab MS; the answer as the MS decoded it."""
-    reply = await control_request(
-        c.mses["ms1"].control,
-        {
-            "op": "send",
-            "host": host + GUID_SUFFIX,
-            "commands": [{command.java_class: to_json(command)}],
-            "timeout": 120,
-        },
-    )
-    assert reply.get("ok"), reply
-    (answer,) = decode_array(reply["answers"])
-    return answer
-
-
 def virsh(host: LabHost, *args: str) -> str:
     return host.virsh(*args)
 
@@ -131,7 +111,7 @@ def within_1pct(a: int, b: int) -> bool:
 async def test_the_shared_pool_is_one_pool_at_the_same_path_on_both_hosts(
     cloud: Cloud, lab: Lab
 ) -> None:
-    answers = {name: await send(cloud, name, ATTACH) for name in ("a", "b")}
+    answers = {name: await cloud.ask(name, ATTACH) for name in ("a", "b")}
     fs = os.statvfs(lab.shared_pool_dir)  # the machine's view of the same filesystem
     capacity = fs.f_blocks * fs.f_frsize
     for name, answer in answers.items():
@@ -166,7 +146,7 @@ async def test_the_shared_pool_is_one_pool_at_the_same_path_on_both_hosts(
         local_path=SHARED_POOL_PATH,
     )
     for name in ("a", "b"):
-        stats = await send(cloud, name, stats_cmd)
+        stats = await cloud.ask(name, stats_cmd)
         assert verdict_for(stats_cmd, stats).ok
         assert isinstance(stats, GetStorageStatsAnswer)
         fs = os.statvfs(lab.shared_pool_dir)
@@ -196,16 +176,16 @@ def about(ip: str) -> CheckOnHostCommand:
 
 async def test_a_stale_heartbeat_reads_down_and_a_fresh_one_up(cloud: Cloud, lab: Lab) -> None:
     for name in ("a", "b"):
-        assert verdict_for(ATTACH, await send(cloud, name, ATTACH)).ok
+        assert verdict_for(ATTACH, await cloud.ask(name, ATTACH)).ok
     a = lab.hosts["a"]
     # b on a, whose agent writes every second: Up.
-    up = await send(cloud, "b", about(a.ip))
+    up = await cloud.ask("b", about(a.ip))
     assert isinstance(up, CheckOnHostAnswer) and not up.result and up.alive
     assert verdict_for(about(a.ip), up).read["status"] == "Up"
     # A heartbeat an earlier agent left behind (the IP no longer writes): Down, from both.
     stale = lab.shared_pool_dir / "KVMHA" / f"hb-{GONE_IP}"
     stale.write_text(f"{int(time.time()) - 120}\n")
-    neighbours = [await send(cloud, name, about(GONE_IP)) for name in ("a", "b")]
+    neighbours = [await cloud.ask(name, about(GONE_IP)) for name in ("a", "b")]
     for answer in neighbours:
         assert isinstance(answer, CheckOnHostAnswer) and answer.result and not answer.alive
         assert "last written 12" in (answer.details or "")
@@ -217,13 +197,13 @@ async def test_a_stale_heartbeat_reads_down_and_a_fresh_one_up(cloud: Cloud, lab
         host_ip=GONE_IP,
         host=HostTO(private_network=NetworkTO(ip=GONE_IP)),
     )
-    fenced = await send(cloud, "a", fence)
+    fenced = await cloud.ask("a", fence)
     assert isinstance(fenced, FenceAnswer) and verdict_for(fence, fenced).ok
     # It comes back: Up again, and fencing is refused.
     stale.write_text(f"{int(time.time())}\n")
-    again = await send(cloud, "b", about(GONE_IP))
+    again = await cloud.ask("b", about(GONE_IP))
     assert verdict_for(about(GONE_IP), again).read["status"] == "Up"
-    refused = await send(cloud, "b", fence)
+    refused = await cloud.ask("b", fence)
     assert isinstance(refused, FenceAnswer) and not refused.result
     stale.unlink()
 
@@ -233,7 +213,7 @@ async def test_an_unwritable_heartbeat_fences_the_vms_on_the_pool_only(
 ) -> None:
     a = lab.hosts["a"]
     for name in ("a", "b"):
-        assert verdict_for(ATTACH, await send(cloud, name, ATTACH)).ok
+        assert verdict_for(ATTACH, await cloud.ask(name, ATTACH)).ok
     _remove_vms(lab, "fence-on", "fence-off")
     template = lab.place_template()
     on_disk, off_disk = f"{SHARED_POOL_PATH}/fence-on-root", f"{LOCAL_IMAGES}/fence-off-root"
@@ -264,7 +244,7 @@ async def test_an_unwritable_heartbeat_fences_the_vms_on_the_pool_only(
         # Host b reads a as Down once a's file is more than 6 s old (fencing came first).
         with trio.fail_after(5):
             while True:
-                down = await send(cloud, "b", about(a.ip))
+                down = await cloud.ask("b", about(a.ip))
                 if verdict_for(about(a.ip), down).read["status"] == "Down":
                     break
                 await trio.sleep(0.2)
@@ -274,7 +254,7 @@ async def test_an_unwritable_heartbeat_fences_the_vms_on_the_pool_only(
     with trio.fail_after(10):
         while not events(cloud, "a", "heartbeat written again"):
             await trio.sleep(0.2)
-    up = await send(cloud, "b", about(a.ip))
+    up = await cloud.ask("b", about(a.ip))
     assert verdict_for(about(a.ip), up).read["status"] == "Up"
     assert a.domain_state("fence-off") == "running"
     _remove_vms(lab, "fence-on", "fence-off")
@@ -297,7 +277,7 @@ async def test_an_nfs_pool_is_mounted_by_libvirt_at_mnt_uuid(cloud: Cloud, lab: 
         local_path="/mnt//lab-nfs",
         details={"nfsmountopts": "vers=4.1, nconnect=4"},
     )
-    answer = await send(cloud, "a", nfs)
+    answer = await cloud.ask("a", nfs)
     assert not getattr(answer, "result", True)
     details = getattr(answer, "details", "") or ""
     # libvirt's own command line, options as the Java agent passes them (nfsmountopts

@@ -21,12 +21,10 @@ import pytest
 import trio
 
 from lab.ca import LAB_CA_DIRNAME, LabCA
-from lab.cloud import GUID_SUFFIX, LabCloud
-from lab.control import body_items, control_request
+from lab.cloud import LabCloud
 from lab.hosts import Lab, LabHost
 from lab.ms_side import verdict_for
 from lab.storage import SHARED_POOL_PATH, SHARED_POOL_UUID
-from protocol.codec import decode_array
 from protocol.messages.enums import StoragePoolType
 from protocol.messages.stats import (
     GetHostStatsAnswer,
@@ -86,17 +84,7 @@ def _ensure_pool(host: LabHost) -> bool:
 
 
 async def ask(cloud: LabCloud, command: Command, timeout: float = 60) -> Message:
-    reply = await control_request(
-        cloud.mses["ms1"].control,
-        {
-            "op": "send",
-            "host": "a" + GUID_SUFFIX,
-            "commands": body_items([command]),
-            "timeout": timeout,
-        },
-    )
-    assert reply.get("ok"), reply
-    (answer,) = decode_array(reply["answers"])
+    answer = await cloud.ask("a", command, timeout=timeout)
     verdict = verdict_for(command, answer)
     assert verdict.ok, f"{type(command).__name__}: {verdict.reason}"
     return answer

@@ -14,12 +14,10 @@ import trio
 
 from bench.vmlife import lab_vm_to
 from lab.ca import LAB_CA_DIRNAME, LabCA
-from lab.cloud import GUID_SUFFIX, LabCloud
-from lab.control import control_request
+from lab.cloud import LabCloud
 from lab.hosts import Lab
 from lab.ms_side import verdict_for
 from lab.storage import SHARED_POOL_PATH, SHARED_POOL_UUID
-from protocol.codec import decode_array, to_json
 from protocol.messages.to import VirtualMachineTO
 from protocol.messages.vm import (
     RebootAnswer,
@@ -29,7 +27,6 @@ from protocol.messages.vm import (
     StopAnswer,
     StopCommand,
 )
-from protocol.model import Command, Message
 from tests.conftest_lab import LAB_DIR
 
 pytestmark = pytest.mark.lab
@@ -56,21 +53,6 @@ def cloud(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabClo
         )
 
 
-async def send(c: LabCloud, command: Command) -> Message:
-    reply = await control_request(
-        c.mses["ms1"].control,
-        {
-            "op": "send",
-            "host": "a" + GUID_SUFFIX,
-            "commands": [{command.java_class: to_json(command)}],
-            "timeout": 120,
-        },
-    )
-    assert reply.get("ok"), reply
-    (answer,) = decode_array(reply["answers"])
-    return answer
-
-
 def vm_to(volume: str) -> VirtualMachineTO:
     return lab_vm_to(VM, volume, PASSWORD)
 
@@ -81,7 +63,7 @@ async def test_start_reboot_stop_on_a_lab_host(cloud: LabCloud, lab: Lab) -> Non
     disk = a.create_overlay(f"{SHARED_POOL_PATH}/{volume}", lab.place_template())
     start = StartCommand(vm=vm_to(volume), host_ip=a.ip)
     try:
-        started = await send(cloud, start)
+        started = await cloud.ask("a", start)
         assert type(started) is StartAnswer and started.result, started
         verdict = verdict_for(start, started)
         assert verdict.ok, verdict.reason
@@ -110,14 +92,14 @@ async def test_start_reboot_stop_on_a_lab_host(cloud: LabCloud, lab: Lab) -> Non
         assert applied or "cgroup CPU controller is not mounted" in sched.stderr, sched
 
         pid_before = a.check(["pgrep", "-f", f"guest=[{VM[0]}]{VM[1:]}"])
-        rebooted = await send(cloud, RebootCommand(vm_name=VM, vm=start.vm))
+        rebooted = await cloud.ask("a", RebootCommand(vm_name=VM, vm=start.vm))
         assert type(rebooted) is RebootAnswer and rebooted.result, rebooted
         assert verdict_for(RebootCommand(), rebooted).ok
         assert rebooted.vnc_port is not None and rebooted.vnc_port >= 0
         assert a.domain_state(VM) == "running"
         assert a.check(["pgrep", "-f", f"guest=[{VM[0]}]{VM[1:]}"]) == pid_before
 
-        stopped = await send(cloud, StopCommand(vm_name=VM, vm=start.vm))
+        stopped = await cloud.ask("a", StopCommand(vm_name=VM, vm=start.vm))
         assert type(stopped) is StopAnswer and stopped.result, stopped
         assert verdict_for(StopCommand(), stopped).ok
         # The guest ignores the ACPI button: destroyed after stop.script.timeout.
@@ -129,7 +111,7 @@ async def test_start_reboot_stop_on_a_lab_host(cloud: LabCloud, lab: Lab) -> Non
         assert start.vm is not None and start.vm.nics is not None
         nics = [attrs.evolve(start.vm.nics[0], name="cloudbr9")]
         bad = attrs.evolve(start, vm=attrs.evolve(start.vm, nics=nics))
-        refused = await send(cloud, bad)
+        refused = await cloud.ask("a", bad)
         assert type(refused) is StartAnswer and not refused.result
         assert "bridge 'cloudbr9' does not exist on this host" in (refused.details or "")
         assert not verdict_for(bad, refused).ok

@@ -15,11 +15,10 @@ import pytest
 import trio
 
 from lab.ca import LAB_CA_DIRNAME, LabCA
-from lab.cloud import GUID_SUFFIX, LabCloud
+from lab.cloud import LabCloud
 from lab.hosts import Lab, LabHost
 from lab.ms_side import verdict_for
 from lab.storage import SHARED_POOL_PATH, SHARED_POOL_UUID, TEMPLATE_UUID
-from protocol.codec import decode_array, to_json
 from protocol.messages.data_to import PrimaryDataStoreTO, TemplateObjectTO, VolumeObjectTO
 from protocol.messages.enums import ImageFormat, ProvisioningType, StoragePoolType, VolumeType
 from protocol.messages.volumes import (
@@ -29,7 +28,6 @@ from protocol.messages.volumes import (
     CreateObjectCommand,
     DeleteCommand,
 )
-from protocol.model import Command, Message
 from tests.conftest_lab import LAB_DIR
 
 pytestmark = pytest.mark.lab
@@ -62,21 +60,6 @@ def cloud(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabClo
                 check=False,
                 capture_output=True,
             )
-
-
-async def send(cloud: LabCloud, host: str, command: Command) -> Message:
-    """``command`` through the lab MS; the answer as the MS decoded it (its class too)."""
-    reply = await cloud.control(
-        {
-            "op": "send",
-            "host": host + GUID_SUFFIX,
-            "commands": [{command.java_class: to_json(command)}],
-            "timeout": 60,
-        }
-    )
-    assert reply.get("ok"), reply
-    (answer,) = decode_array(reply["answers"])
-    return answer
 
 
 def volume_to(vol: str, size: int, vtype: VolumeType, path: str | None = None) -> VolumeObjectTO:
@@ -127,7 +110,7 @@ async def test_the_ms_clones_creates_and_deletes_volumes_on_the_shared_pool(
         dest_to=volume_to(root, 64 * MIB, VolumeType.ROOT),
         wait=0,  # as the MS sends a clone
     )
-    answer = await send(cloud, "a", clone)
+    answer = await cloud.ask("a", clone)
     assert isinstance(answer, CopyCmdAnswer)
     verdict = verdict_for(clone, answer)
     assert verdict.ok, (verdict.reason, answer)
@@ -142,14 +125,14 @@ async def test_the_ms_clones_creates_and_deletes_volumes_on_the_shared_pool(
         assert info["backing-filename"] == template == f"{SHARED_POOL_PATH}/{TEMPLATE_UUID}"
         assert info["virtual-size"] == max(64 * MIB, tmpl_size)
     # The same clone again: the volume is there, it is not overwritten.
-    again = await send(cloud, "a", clone)
+    again = await cloud.ask("a", clone)
     assert isinstance(again, CopyCmdAnswer) and not verdict_for(clone, again).ok
     assert "already exists" in (again.details or "")
 
     # 2. An empty DATADISK, on host B this time (any host attached to the pool).
     data = str(uuid.uuid4())
     create = CreateObjectCommand(data=volume_to(data, 32 * MIB, VolumeType.DATADISK))
-    made = await send(cloud, "b", create)
+    made = await cloud.ask("b", create)
     assert isinstance(made, CreateObjectAnswer)
     verdict = verdict_for(create, made)
     assert verdict.ok, verdict.reason
@@ -161,10 +144,10 @@ async def test_the_ms_clones_creates_and_deletes_volumes_on_the_shared_pool(
     # 3. Delete both (from A); a second delete of one is no failure (as the Java agent).
     for vol in (root, data):
         delete = DeleteCommand(data=volume_to(vol, MIB, VolumeType.ROOT, path=vol))
-        gone = await send(cloud, "a", delete)
+        gone = await cloud.ask("a", delete)
         assert verdict_for(delete, gone).ok
         assert b.run(["test", "-e", f"{SHARED_POOL_PATH}/{vol}"]).returncode == 1
-    again_gone = await send(cloud, "b", delete)
+    again_gone = await cloud.ask("b", delete)
     assert verdict_for(delete, again_gone).ok
     for host in (a, b):
         host.virsh("pool-refresh", SHARED_POOL_UUID)

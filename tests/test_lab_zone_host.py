@@ -19,7 +19,7 @@ import trio
 from lab.ca import LAB_CA_DIRNAME, LabCA
 from lab.cloud import GUID_SUFFIX
 from lab.cloud import LabCloud as Cloud
-from lab.control import body_items, control_request
+from lab.control import control_request
 from lab.guest import domain_xml
 from lab.hosts import Lab
 from lab.mgmt import ManagementServer
@@ -40,7 +40,7 @@ from protocol.messages.vm import (
     GetVncPortAnswer,
     GetVncPortCommand,
 )
-from protocol.model import Answer, Message
+from protocol.model import Answer
 from tests.agent_env import agent_config, agent_dir, guid_of, running_agent, running_ms
 from tests.conftest_lab import LAB_DIR
 
@@ -71,22 +71,6 @@ def cloud(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]
         _clear(lab)
 
 
-async def ask(cloud: Cloud, host: str, command: Message, timeout: float = 60) -> Message:
-    """Send ``command`` through the lab MS; the answer as the MS decoded it."""
-    reply = await control_request(
-        cloud.mses["ms1"].control,
-        {
-            "op": "send",
-            "host": host + GUID_SUFFIX,
-            "commands": body_items([command]),
-            "timeout": timeout,
-        },
-    )
-    assert reply.get("ok"), reply
-    (answer,) = decode_array(reply["answers"])
-    return answer
-
-
 async def both_up(cloud: Cloud) -> None:
     await cloud.wait_host("a")
     await cloud.wait_host("b")
@@ -105,7 +89,7 @@ def labels(guest: str, private: str, public: str) -> CheckNetworkCommand:
 async def test_check_network_on_the_lab_hosts(lab: Lab, cloud: Cloud) -> None:
     await both_up(cloud)
     for name in ("a", "b"):
-        answer = await ask(cloud, name, labels("cloudbr0", "cloudbr0", "cloudbr0"))
+        answer = await cloud.ask(name, labels("cloudbr0", "cloudbr0", "cloudbr0"))
         assert answer == CheckNetworkAnswer(result=True), (name, answer)
         assert verdict_for(CheckNetworkCommand(), answer).ok
     a = lab.hosts["a"]
@@ -114,8 +98,8 @@ async def test_check_network_on_the_lab_hosts(lab: Lab, cloud: Cloud) -> None:
     try:
         a.check(["ip", "tuntap", "add", "dev", "vnet77", "mode", "tap"])
         a.check(["ip", "link", "set", "vnet77", "master", "zhbr0"])
-        on_a = await ask(cloud, "a", labels("zhbr0", "cloudbr0", "cloudbr9"))
-        on_b = await ask(cloud, "b", labels("zhbr0", "cloudbr0", "cloudbr0"))
+        on_a = await cloud.ask("a", labels("zhbr0", "cloudbr0", "cloudbr9"))
+        on_b = await cloud.ask("b", labels("zhbr0", "cloudbr0", "cloudbr0"))
     finally:
         a.run(["ip", "link", "del", "vnet77"], check=False)
         a.run(["ip", "link", "del", "zhbr0"], check=False)
@@ -135,8 +119,8 @@ async def test_check_network_on_the_lab_hosts(lab: Lab, cloud: Cloud) -> None:
 
 async def test_ping_test_between_the_hosts(cloud: Cloud) -> None:
     await both_up(cloud)
-    reached = await ask(cloud, "a", PingTestCommand(computing_host_ip="10.200.0.2"))
-    missing = await ask(cloud, "a", PingTestCommand(computing_host_ip="10.200.0.77"))
+    reached = await cloud.ask("a", PingTestCommand(computing_host_ip="10.200.0.2"))
+    missing = await cloud.ask("a", PingTestCommand(computing_host_ip="10.200.0.77"))
     assert type(reached) is Answer and reached.result
     assert verdict_for(PingTestCommand(), reached).read == {"status": "Up"}
     assert type(missing) is Answer and not missing.result
@@ -167,8 +151,8 @@ async def test_check_virtual_machine_and_vnc_port_on_a_real_vm(lab: Lab, cloud: 
     a.define_domain(VNC_VM, _vnc_xml(lab))
     live_port = int(a.virsh("vncdisplay", VNC_VM).rsplit(":", 1)[1]) + 5900
     check = CheckVirtualMachineCommand(vm_name=VNC_VM)
-    running = await ask(cloud, "a", check)
-    port = await ask(cloud, "a", GetVncPortCommand(id=41, name=VNC_VM))
+    running = await cloud.ask("a", check)
+    port = await cloud.ask("a", GetVncPortCommand(id=41, name=VNC_VM))
     assert running == CheckVirtualMachineAnswer(
         result=True, state=PowerState.POWER_ON, vnc_port=live_port - 5900
     )
@@ -178,11 +162,11 @@ async def test_check_virtual_machine_and_vnc_port_on_a_real_vm(lab: Lab, cloud: 
     banner = b.check(["python3", "-c", RFB_PROBE, str(a.ip), str(live_port)])
     assert banner.startswith("RFB 003.")
     a.virsh("suspend", VNC_VM)
-    paused = await ask(cloud, "a", check)
+    paused = await cloud.ask("a", check)
     assert isinstance(paused, CheckVirtualMachineAnswer) and paused.result
     assert paused.state is PowerState.POWER_UNKNOWN and verdict_for(check, paused).ok
     # After a migration the MS asks the destination: a host without the VM says false.
-    elsewhere = await ask(cloud, "b", check)
+    elsewhere = await cloud.ask("b", check)
     assert isinstance(elsewhere, CheckVirtualMachineAnswer) and not elsewhere.result
     assert not verdict_for(check, elsewhere).ok
     a.remove_domain(VNC_VM)
@@ -194,7 +178,7 @@ async def test_the_ms_migration_wait_bounds_a_real_migration(lab: Lab, cloud: Cl
     a.define_guest(MIG_VM)
     a.wait_guest_filled(MIG_VM)
     # agent.properties has no vm.migrate.wait; the MS's migratewait (3 s) applies.
-    answer = await ask(cloud, "a", SetHostParamsCommand(params={"migratewait": "3"}))
+    answer = await cloud.ask("a", SetHostParamsCommand(params={"migratewait": "3"}))
     assert type(answer) is Answer and answer.result
     started = time.monotonic()
     reply = await control_request(
@@ -217,7 +201,7 @@ async def test_the_ms_migration_wait_bounds_a_real_migration(lab: Lab, cloud: Cl
     assert took < 60  # bounded by the MS's 3 s, not by the command's 120 s
     assert a.domain_state(MIG_VM) == "running" and b.domain_state(MIG_VM) is None
     # "0" lifts the limit again (as for the Java agent); the MigrateCommand's wait rules.
-    await ask(cloud, "a", SetHostParamsCommand(params={"migratewait": "0"}))
+    await cloud.ask("a", SetHostParamsCommand(params={"migratewait": "0"}))
     a.remove_domain(MIG_VM)
 
 
