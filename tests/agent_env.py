@@ -40,6 +40,22 @@ def guid_of(name: str) -> str:
     return host_guid(name)
 
 
+def write_agent_properties(path: Path, base: Path, port: int, certs: Path, **keys: str) -> None:
+    """An agent.properties for agent1 on libvirt's test driver against the MS on ``port``;
+    ``keys`` add or replace keys (tests rewrite it before a SIGHUP)."""
+    values = {
+        "guid": "agent1",
+        "host": f"127.0.0.1:{port}",
+        "hypervisor.uri": "test:///default",
+        "cert.dir": str(certs),
+        "state.dir": str(base / "agent-state"),
+        "backoff.seconds": "1",
+        "shutdown.grace.seconds": "3",
+        **keys,
+    }
+    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

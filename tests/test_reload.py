@@ -18,24 +18,11 @@ from tests.agent_env import (
     guid_of,
     running_agent,
     running_ms,
+    write_agent_properties,
 )
 from tests.test_agent_session import SlowCommand, max_concurrency, slow_handlers
 
 GUID = guid_of("agent1")
-
-
-def _write(props: Path, base: Path, port: int, certs: Path, **keys: str) -> None:
-    values = {
-        "guid": "agent1",
-        "host": f"127.0.0.1:{port}",
-        "hypervisor.uri": "test:///default",
-        "cert.dir": str(certs),
-        "state.dir": str(base / "agent-state"),
-        "backoff.seconds": "1",
-        "shutdown.grace.seconds": "3",
-        **keys,
-    }
-    props.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
 
 
 async def test_reload_applies_everywhere_at_once_and_names_what_needs_a_restart(
@@ -44,11 +31,13 @@ async def test_reload_applies_everywhere_at_once_and_names_what_needs_a_restart(
     record: list[tuple[str, str, float]] = []
     async with running_ms(tmp_path, ping_interval=1) as ms:
         props, certs = tmp_path / "agent.properties", agent_dir(tmp_path, ms.ca)
-        _write(props, tmp_path, ms.port, certs, workers="1", **{"migration.max.outgoing": "2"})
+        write_agent_properties(
+            props, tmp_path, ms.port, certs, workers="1", **{"migration.max.outgoing": "2"}
+        )
         async with running_agent(AgentConfig.load(props), slow_handlers(record, 0.5)) as agent:
             await ms.wait_for_host(GUID, timeout=10)
             session = agent.session
-            _write(
+            write_agent_properties(
                 props,
                 tmp_path,
                 ms.port,

@@ -60,6 +60,7 @@ from tests.agent_env import (
     running_agent,
     running_ms,
     shared_ca,
+    write_agent_properties,
 )
 
 GUID = guid_of("agent1")
@@ -242,27 +243,13 @@ def _watching_migrations(seen: list[AgentConfig]) -> HandlerRegistry:
     return handlers
 
 
-def _write_props(path: Path, base: Path, port: int, certs: Path, **keys: str) -> None:
-    values = {
-        "guid": "agent1",
-        "host": f"127.0.0.1:{port}",
-        "hypervisor.uri": "test:///default",
-        "cert.dir": str(certs),
-        "state.dir": str(base / "agent-state"),
-        "backoff.seconds": "1",
-        "shutdown.grace.seconds": "3",
-        **keys,
-    }
-    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
-
-
 async def test_the_ms_migration_wait_wins_over_agent_properties_until_restart(
     tmp_path: Path,
 ) -> None:
     seen: list[AgentConfig] = []
     async with running_ms(tmp_path, ping_interval=1) as ms:
         props, certs = tmp_path / "agent.properties", agent_dir(tmp_path, ms.ca)
-        _write_props(props, tmp_path, ms.port, certs, **{"vm.migrate.wait": "50"})
+        write_agent_properties(props, tmp_path, ms.port, certs, **{"vm.migrate.wait": "50"})
         config = AgentConfig.load(props)
         async with running_agent(config, _watching_migrations(seen)) as agent:
             await ms.wait_for_host(GUID, timeout=10)
@@ -278,7 +265,9 @@ async def test_the_ms_migration_wait_wins_over_agent_properties_until_restart(
             await ask(ms, MigrateCommand(vm_name="v", dest_ip="10.0.0.2"))
             # SIGHUP with a new vm.migrate.wait and new workers: the workers change, the
             # MS's migration wait stays, in one configuration.
-            _write_props(props, tmp_path, ms.port, certs, workers="2", **{"vm.migrate.wait": "60"})
+            write_agent_properties(
+                props, tmp_path, ms.port, certs, workers="2", **{"vm.migrate.wait": "60"}
+            )
             with captured_logs() as logbuf:
                 await agent.reload()
             await ask(ms, MigrateCommand(vm_name="v", dest_ip="10.0.0.2"))
