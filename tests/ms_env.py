@@ -62,16 +62,27 @@ GOOD: dict[type[Message], Reply] = {
 }
 
 
-def client_context(ca: LabCA, tmp_path: Path) -> ssl.SSLContext:
+def agent_tls_context(
+    trust: LabCA, tmp_path: Path, *, cert_from: LabCA | None = None, name: str = "agent"
+) -> ssl.SSLContext:
+    """An agent's context: trusts ``trust``; presents a certificate of ``cert_from``."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = False  # the Java agent does none; the MS presents its CA cert
-    load_trust_anchors(ctx, ca.cert_pem, source="the test's CA")
-    key_pem, cert_pem = ca.issue("agent.test", sans=["127.0.0.1"])
-    (tmp_path / "agent.key").write_bytes(key_pem)
-    (tmp_path / "agent.crt").write_bytes(cert_pem)
-    ctx.load_cert_chain(tmp_path / "agent.crt", tmp_path / "agent.key")
+    # As the agent trusts it: CloudStack's CA certificate is no fit server certificate
+    # for OpenSSL without an explicit serverAuth trust setting (agent.certs.trust).
+    load_trust_anchors(ctx, trust.cert_pem, source="the test's CA")
+    if cert_from is not None:
+        key_pem, cert_pem = cert_from.issue(f"{name}.test", sans=["127.0.0.1"])
+        (tmp_path / f"{name}.key").write_bytes(key_pem)
+        (tmp_path / f"{name}.crt").write_bytes(cert_pem)
+        ctx.load_cert_chain(tmp_path / f"{name}.crt", tmp_path / f"{name}.key")
     return ctx
+
+
+def client_context(ca: LabCA, tmp_path: Path) -> ssl.SSLContext:
+    """An agent's context with a certificate of ``ca``, trusting ``ca``."""
+    return agent_tls_context(ca, tmp_path, cert_from=ca)
 
 
 @define(eq=False)

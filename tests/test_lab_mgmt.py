@@ -20,7 +20,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agent.certs.trust import load_trust_anchors
 from agent.link.transport import ConnectionLost, MessageStream, RequestTimeout
 from lab.ca import LabCA
 from lab.control import ControlServer, control_request
@@ -47,6 +46,7 @@ from protocol.messages.migration import (
     PrepareForMigrationCommand,
 )
 from protocol.messages.vm import CheckVirtualMachineAnswer, CheckVirtualMachineCommand
+from tests.ms_env import agent_tls_context
 
 GUID = "0f6d4bd4-5b0b-4c7a-9d1e-6c1b9a7f0001-LibvirtComputingResource"
 GUID2 = "0f6d4bd4-5b0b-4c7a-9d1e-6c1b9a7f0002-LibvirtComputingResource"
@@ -62,24 +62,6 @@ _ANSWERS: dict[type[Message], Callable[[], Message]] = {
     ),
     MigrateCommand: lambda: MigrateAnswer(result=True, details="migrated"),
 }
-
-
-def client_context(
-    trust: LabCA, tmp_path: Path, *, cert_from: LabCA | None = None, name: str = "agent"
-) -> ssl.SSLContext:
-    """An agent's context: trusts ``trust``; presents a certificate of ``cert_from``."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.check_hostname = False  # the Java agent does none; the MS presents its CA cert
-    # As the agent trusts it: CloudStack's CA certificate is no fit server certificate
-    # for OpenSSL without an explicit serverAuth trust setting (agent.certs.trust).
-    load_trust_anchors(ctx, trust.cert_pem, source="the test's CA")
-    if cert_from is not None:
-        key_pem, cert_pem = cert_from.issue(f"{name}.test", sans=["127.0.0.1"])
-        (tmp_path / f"{name}.key").write_bytes(key_pem)
-        (tmp_path / f"{name}.crt").write_bytes(cert_pem)
-        ctx.load_cert_chain(tmp_path / f"{name}.crt", tmp_path / f"{name}.key")
-    return ctx
 
 
 @define(eq=False)
@@ -162,7 +144,7 @@ async def ms(tmp_path: Path) -> AsyncIterator[ManagementServer]:
 
 @pytest.fixture
 def ctx(ms: ManagementServer, tmp_path: Path) -> ssl.SSLContext:
-    return client_context(ms.ca, tmp_path, cert_from=ms.ca)
+    return agent_tls_context(ms.ca, tmp_path, cert_from=ms.ca)
 
 
 async def test_startup_answered_at_once_then_ready_with_the_real_id(
@@ -306,7 +288,7 @@ async def test_refused_ready_carries_the_reason(
 async def test_host_persists_across_a_restart(tmp_path: Path) -> None:
     state = tmp_path / "state"
     first = ManagementServer.create(state_dir=state)
-    ctx = client_context(first.ca, tmp_path, cert_from=first.ca)
+    ctx = agent_tls_context(first.ca, tmp_path, cert_from=first.ca)
     async with running(first), trio.open_nursery() as nursery:
         await (await FakeAgent.connect(nursery, first, ctx)).startup()
         before = await first.wait_for_host(GUID, timeout=5)
@@ -387,12 +369,12 @@ async def test_client_certificates_checked_when_required(tmp_path: Path) -> None
     server = ManagementServer.create(state_dir=tmp_path / "ms", require_client_cert=True)
     other = LabCA.create(tmp_path / "other", common_name="other.example")
     async with running(server), trio.open_nursery() as nursery:
-        foreign = client_context(server.ca, tmp_path, cert_from=other, name="foreign")
+        foreign = agent_tls_context(server.ca, tmp_path, cert_from=other, name="foreign")
         with pytest.raises(ConnectionLost):
             await FakeAgent.connect(nursery, server, foreign)
         with pytest.raises(ConnectionLost):
-            await FakeAgent.connect(nursery, server, client_context(server.ca, tmp_path))
-        good = client_context(server.ca, tmp_path, cert_from=server.ca, name="good")
+            await FakeAgent.connect(nursery, server, agent_tls_context(server.ca, tmp_path))
+        good = agent_tls_context(server.ca, tmp_path, cert_from=server.ca, name="good")
         agent = await FakeAgent.connect(nursery, server, good)
         assert (await agent.startup()).result
         nursery.cancel_scope.cancel()
