@@ -7,6 +7,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,28 +49,31 @@ def main() -> int:
     print("\n== burst (20,000 CheckHealthCommands at once; real agent process, ping every 1 s) ==")
     results["burst"] = trio.run(burst.run)
     print_figures(results["burst"])
-    print("\n== migration (two-host lab, 128 MiB guest) ==")
+    # The lab benchmarks: each skipped, with the reason, where the lab cannot run.
     reason = lab_unavailable()
-    if reason:
-        print(f"skipped: {reason}")
-        results["migration"] = {"skipped": reason}
-    else:
-        results["migration"] = trio.run(migration.run)
-        migration.print_table(results["migration"])
-    print("\n== zone (two-host lab, the real connect sequence, statistics cycle) ==")
-    if reason:
-        print(f"skipped: {reason}")
-        results["zone"] = {"skipped": reason}
-    else:
-        results["zone"] = trio.run(zone.run)
-        print_figures(results["zone"])
-    print("\n== vmlife (lab host a: StartCommand -> running, StopCommand -> gone) ==")
-    if reason:
-        print(f"skipped: {reason}")
-        results["vmlife"] = {"skipped": reason}
-    else:
-        results["vmlife"] = trio.run(vmlife.run)
-        print_figures(results["vmlife"])
+    lab_benches: list[tuple[str, str, Any, Callable[[Any], None]]] = [
+        ("migration", "two-host lab, 128 MiB guest", migration.run, migration.print_table),
+        (
+            "zone",
+            "two-host lab, the real connect sequence, statistics cycle",
+            zone.run,
+            print_figures,
+        ),
+        (
+            "vmlife",
+            "lab host a: StartCommand -> running, StopCommand -> gone",
+            vmlife.run,
+            print_figures,
+        ),
+    ]
+    for name, title, run, show in lab_benches:
+        print(f"\n== {name} ({title}) ==")
+        if reason:
+            print(f"skipped: {reason}")
+            results[name] = {"skipped": reason}
+        else:
+            results[name] = trio.run(run)
+            show(results[name])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwritten to {RESULTS}")
