@@ -144,3 +144,30 @@ async def test_a_failing_event_registration_is_retried_not_fatal(
             while not hv.connected:
                 await trio.sleep(0.02)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_lane_with_its_own_connection_opens_one_per_call_and_closes_it() -> None:
+    """A long call (a migration) must not share the connection the short calls use."""
+    hv = Hypervisor("test:///default")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hv.run)
+        shared = await hv.call(lambda c: c)
+        lane = hv.lane(1, own_connection=True)
+        seen: list[Any] = []
+
+        def use(conn: Any) -> str:
+            seen.append(conn)
+            return str(conn.getHostname())
+
+        assert await lane.call(use) == await hv.call(lambda c: c.getHostname())
+        assert await lane.call(use)
+        assert seen[0] is not shared and seen[1] is not seen[0]
+        for conn in seen:  # closed after its call
+            with pytest.raises(libvirt.libvirtError):
+                conn.getHostname()
+        with pytest.raises(HypervisorError, match="Domain not found"):
+            await lane.call(lambda c: c.lookupByName("no-such-domain"))
+        assert await hv.call(lambda c: c.isAlive())  # the shared one is untouched
+        shared_lane = hv.lane(1)
+        assert await shared_lane.call(lambda c: c) is shared
+        nursery.cancel_scope.cancel()

@@ -288,15 +288,17 @@ class ManagementServer(HostJoin):
     ) -> None:
         link.log.info("agent shutting down", reason=shutdown.reason, detail=shutdown.detail)
         link.ready = False
-        # ShutdownCommand.Requested ("sig.kill"): disconnectWithoutInvestigation; other
+        # As the Java MS: no answer. ShutdownCommand.Requested ("sig.kill"):
+        # disconnectWithoutInvestigation, whose attache.disconnect closes the link; other
         # reasons change nothing until the connection ends.
         if shutdown.reason == SHUTDOWN_REQUESTED and link.host_id is not None and link.attached:
             link.attached = False
             self.liveness.removed(link.host_id)
             self._transit(link.host_id, Event.SHUTDOWN_REQUESTED)
+            self._notify()
+            await link.stream.aclose()
+            return
         self._notify()
-        # The Java MS sends no answer; the agent does not wait for one, but tests read it.
-        await link.stream.respond(request, [Answer() for _ in request.commands])
 
     def _link_ended(self, link: AgentLink, stopping: bool) -> None:
         link.ready = False

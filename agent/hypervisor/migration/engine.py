@@ -71,7 +71,8 @@ class Migrations:
     _nursery: trio.Nursery | None = field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
-        self._lane = self.hypervisor.lane(self.config.max_outgoing_migrations)
+        # Own connections: see agent.hypervisor.connection (a long call delays the others).
+        self._lane = self.hypervisor.lane(self.config.max_outgoing_migrations, own_connection=True)
         self._idle.set()
 
     def apply(self, config: AgentConfig) -> None:
