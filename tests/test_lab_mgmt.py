@@ -257,12 +257,15 @@ async def test_shutdown_and_disconnect_mark_the_host_disconnected(
     agent = await FakeAgent.connect(nursery, ms, ctx)
     await agent.startup()
     await ms.wait_for_host(GUID, timeout=5)
-    response = await agent.stream.request([ShutdownCommand(reason="sig.kill")], timeout=5)
-    assert isinstance(response.answers[0], Answer) and response.answers[0].result
+    # As the Java MS: no answer; disconnectWithoutInvestigation closes the link.
+    await agent.stream.send([ShutdownCommand(reason="sig.kill")])
+    with trio.fail_after(5):
+        await agent.closed.wait()
     record = ms.db.get(GUID)
     assert record is not None and record.status == "Disconnected"
 
-    await agent.startup()  # the same connection starts over
+    agent = await FakeAgent.connect(nursery, ms, ctx)
+    await agent.startup()
     await ms.wait_for_host(GUID, timeout=5)
     await ms.disconnect(GUID)
     with trio.fail_after(5):

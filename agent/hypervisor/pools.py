@@ -84,7 +84,8 @@ class Pools:
         self.watchers: list[PoolWatcher] = []
         self.attached: dict[str, PoolSpec] = {}
         self._locks: dict[str, trio.Lock] = {}
-        self._storage = hypervisor.lane(2)
+        # A pool's start mounts NFS, which can hang: a connection of its own per call.
+        self._storage = hypervisor.lane(2, own_connection=True)
         self._fencing = hypervisor.lane(2)
 
     def _lock(self, uuid: str) -> trio.Lock:

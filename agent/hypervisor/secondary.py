@@ -141,11 +141,11 @@ class Mounter(Protocol):
 
 
 class LibvirtMounter:
-    """Mounts through libvirt (a transient netfs pool), on a lane of its own: a dead NFS
-    server hangs a mount, and must not hold the threads of other libvirt calls."""
+    """Mounts through libvirt (a transient netfs pool), on a lane and a connection of its
+    own: a dead NFS server hangs a mount, and must not hold other libvirt calls."""
 
     def __init__(self, hypervisor: Hypervisor) -> None:
-        self._lane = hypervisor.lane(1)
+        self._lane = hypervisor.lane(1, own_connection=True)
 
     async def mount(self, location: SecondaryLocation, mount_root: str) -> str:
         target = location.target(mount_root)
