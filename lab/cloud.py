@@ -244,19 +244,30 @@ class LabCloud:
         return answer
 
     async def migrate(
-        self, vm: str, source: str, dest: str, *, ms: str | None = None, timeout: float = 120
+        self,
+        vm: str,
+        source: str,
+        dest: str,
+        *,
+        ms: str | None = None,
+        timeout: float = 120,
+        vm_to: dict[str, Any] | None = None,
+        storage: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """The MS's migration (PrepareForMigration on dest, Migrate on source); the reply."""
-        return await control_request(
-            self._ms(ms).control,
-            {
-                "op": "migrate",
-                "vm": vm,
-                "source": source + GUID_SUFFIX,
-                "destination": dest + GUID_SUFFIX,
-                "timeout": timeout,
-            },
-        )
+        """The MS's migration (PrepareForMigration on dest, Migrate on source, then its
+        check); the reply (lab.control). RuntimeError if the MS could not run it."""
+        request: dict[str, Any] = {
+            "op": "migrate",
+            "vm": vm,
+            "source": source + GUID_SUFFIX,
+            "destination": dest + GUID_SUFFIX,
+            "timeout": timeout,
+        }
+        if vm_to is not None:
+            request["vm_to"] = vm_to
+        if storage is not None:
+            request["storage"] = storage
+        return await self.control(request, ms=ms)
 
     async def provision(self, name: str, *, ms: str | None = None) -> dict[str, Any]:
         """In-band, as the real MS does: SetupKeyStoreCommand, sign the CSR, install."""

@@ -103,16 +103,7 @@ async def test_start_migrate_over_native_tls_check_stop(
 
     pcap = tmp_path / "tls.pcap"
     with lab.capture("a", pcap) as cap:
-        reply = await cloud.control(
-            {
-                "op": "migrate",
-                "vm": VM,
-                "source": "a" + GUID_SUFFIX,
-                "destination": "b" + GUID_SUFFIX,
-                "timeout": 300,
-                "vm_to": VM_TO,
-            }
-        )
+        reply = await cloud.migrate(VM, "a", "b", timeout=300, vm_to=VM_TO)
     steps = [(s["command"], s["host"].removesuffix(GUID_SUFFIX), s["ok"]) for s in reply["steps"]]
     assert steps == [
         ("PrepareForMigrationCommand", "b", True),
@@ -212,15 +203,8 @@ async def test_storage_migration_carries_the_disk_inside_native_tls(
     }
     tls = tmp_path / "storage-tls.pcap"
     with lab.capture("a", tls) as cap:
-        reply = await cloud.control(
-            {
-                "op": "migrate",
-                "vm": LOCAL_VM,
-                "source": "a" + GUID_SUFFIX,
-                "destination": "b" + GUID_SUFFIX,
-                "timeout": 300,
-                "storage": {f"{LOCAL_VM}-root": info},
-            }
+        reply = await cloud.migrate(
+            LOCAL_VM, "a", "b", timeout=300, storage={f"{LOCAL_VM}-root": info}
         )
     assert reply["migrated"] is True, reply
     answer = reply["answer"]["com.cloud.agent.api.MigrateAnswer"]

@@ -17,9 +17,7 @@ import pytest
 import trio
 
 from lab.ca import LAB_CA_DIRNAME, LabCA
-from lab.cloud import GUID_SUFFIX
 from lab.cloud import LabCloud as Cloud
-from lab.control import control_request
 from lab.guest import domain_xml
 from lab.hosts import Lab
 from lab.mgmt import ManagementServer
@@ -181,16 +179,7 @@ async def test_the_ms_migration_wait_bounds_a_real_migration(lab: Lab, cloud: Cl
     answer = await cloud.ask("a", SetHostParamsCommand(params={"migratewait": "3"}))
     assert type(answer) is Answer and answer.result
     started = time.monotonic()
-    reply = await control_request(
-        cloud.mses["ms1"].control,
-        {
-            "op": "migrate",
-            "vm": MIG_VM,
-            "source": "a" + GUID_SUFFIX,
-            "destination": "b" + GUID_SUFFIX,
-            "timeout": 120,
-        },
-    )
+    reply = await cloud.migrate(MIG_VM, "a", "b")
     took = time.monotonic() - started
     assert reply.get("ok"), reply
     (migrated,) = decode_array([reply["answer"]])
