@@ -67,31 +67,45 @@ STORE = PrimaryDataStoreTO(
     pool_type=StoragePoolType.SHARED_MOUNT_POINT,
     host="localhost",
     path=SHARED_POOL_PATH,
+    url=f"SharedMountPoint://localhost{SHARED_POOL_PATH}/?ROLE=Primary&STOREUUID={SHARED_POOL_UUID}",
     details={},
 )
 
 
-def root_volume(vm: str, volume: str) -> VolumeObjectTO:
-    """The ROOT volume ``volume`` of VM ``vm`` on the shared pool, as the MS names it."""
+def shared_volume(
+    volume: str,
+    vtype: VolumeType,
+    size: int,
+    *,
+    path: str | None = None,
+    vm: str | None = None,
+    number: int = 77,
+) -> VolumeObjectTO:
+    """Volume ``volume`` on the shared pool as the MS describes it (``number``: its id)."""
     return VolumeObjectTO(
         uuid=volume,
-        volume_type=VolumeType.ROOT,
+        volume_type=vtype,
         data_store=STORE,
-        name="ROOT-77",
-        size=VIRTUAL_SIZE,
-        path=volume,
-        volume_id=77,
+        name=f"{vtype.value}-{number}",
+        size=size,
+        path=path,
+        volume_id=number,
         vm_name=vm,
         account_id=2,
         format=ImageFormat.QCOW2,
         provisioning_type=ProvisioningType.THIN,
         pool_id=1,
-        id=77,
+        id=number,
     )
 
 
-def clone_command(vm: str, volume: str) -> CopyCommand:
-    """What the MS sends to make ``vm``'s ROOT volume from the template on the shared pool."""
+def root_volume(vm: str, volume: str) -> VolumeObjectTO:
+    """The ROOT volume ``volume`` of VM ``vm`` on the shared pool, as the MS names it."""
+    return shared_volume(volume, VolumeType.ROOT, VIRTUAL_SIZE, path=volume, vm=vm)
+
+
+def clone_to(dest: VolumeObjectTO) -> CopyCommand:
+    """What the MS sends to make ``dest`` from the template on the shared pool."""
     return CopyCommand(
         src_to=TemplateObjectTO(
             path=TEMPLATE_UUID,
@@ -102,9 +116,14 @@ def clone_command(vm: str, volume: str) -> CopyCommand:
             name="201-2-bootdisk",
             hvm=True,
         ),
-        dest_to=attrs.evolve(root_volume(vm, volume), path=None),
+        dest_to=dest,
         wait=0,  # as the MS sends a clone
     )
+
+
+def clone_command(vm: str, volume: str) -> CopyCommand:
+    """What the MS sends to make ``vm``'s ROOT volume from the template on the shared pool."""
+    return clone_to(attrs.evolve(root_volume(vm, volume), path=None))
 
 
 def delete_command(vm: str, volume: str) -> DeleteCommand:

@@ -16,14 +16,13 @@ import trio
 
 from lab.ca import LAB_CA_DIRNAME, LabCA
 from lab.cloud import LabCloud
+from lab.cloudvm import clone_to, shared_volume
 from lab.hosts import Lab, LabHost
 from lab.ms_side import verdict_for
 from lab.storage import SHARED_POOL_PATH, SHARED_POOL_UUID, TEMPLATE_UUID
-from protocol.messages.data_to import PrimaryDataStoreTO, TemplateObjectTO, VolumeObjectTO
-from protocol.messages.enums import ImageFormat, ProvisioningType, StoragePoolType, VolumeType
+from protocol.messages.enums import VolumeType
 from protocol.messages.volumes import (
     CopyCmdAnswer,
-    CopyCommand,
     CreateObjectAnswer,
     CreateObjectCommand,
     DeleteCommand,
@@ -32,16 +31,6 @@ from tests.conftest_lab import LAB_DIR
 
 pytestmark = pytest.mark.lab
 MIB = 1 << 20
-STORE = PrimaryDataStoreTO(
-    uuid=SHARED_POOL_UUID,
-    name="lab-primary",
-    id=1,
-    pool_type=StoragePoolType.SHARED_MOUNT_POINT,
-    host="localhost",
-    path=SHARED_POOL_PATH,
-    url=f"SharedMountPoint://localhost{SHARED_POOL_PATH}/?ROLE=Primary&STOREUUID={SHARED_POOL_UUID}",
-    details={},
-)
 
 
 @pytest.fixture(scope="module")
@@ -62,23 +51,6 @@ def cloud(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabClo
             )
 
 
-def volume_to(vol: str, size: int, vtype: VolumeType, path: str | None = None) -> VolumeObjectTO:
-    return VolumeObjectTO(
-        uuid=vol,
-        volume_type=vtype,
-        data_store=STORE,
-        name=f"{vtype.value}-1",
-        size=size,
-        path=path,
-        volume_id=7,
-        account_id=2,
-        format=ImageFormat.QCOW2,
-        provisioning_type=ProvisioningType.THIN,
-        pool_id=1,
-        id=7,
-    )
-
-
 def listed(host: LabHost, name: str) -> str:
     host.virsh("pool-refresh", SHARED_POOL_UUID)
     return host.virsh("vol-path", "--pool", SHARED_POOL_UUID, name)
@@ -97,19 +69,7 @@ async def test_the_ms_clones_creates_and_deletes_volumes_on_the_shared_pool(
 
     # 1. The clone: the template on the pool -> a ROOT volume, on host A.
     root = str(uuid.uuid4())
-    clone = CopyCommand(
-        src_to=TemplateObjectTO(
-            path=TEMPLATE_UUID,
-            uuid=str(uuid.uuid4()),
-            id=201,
-            format=ImageFormat.QCOW2,
-            image_data_store=STORE,
-            name="201-2-bootdisk",
-            hvm=True,
-        ),
-        dest_to=volume_to(root, 64 * MIB, VolumeType.ROOT),
-        wait=0,  # as the MS sends a clone
-    )
+    clone = clone_to(shared_volume(root, VolumeType.ROOT, 64 * MIB, number=7))
     answer = await cloud.ask("a", clone)
     assert isinstance(answer, CopyCmdAnswer)
     verdict = verdict_for(clone, answer)
@@ -131,7 +91,7 @@ async def test_the_ms_clones_creates_and_deletes_volumes_on_the_shared_pool(
 
     # 2. An empty DATADISK, on host B this time (any host attached to the pool).
     data = str(uuid.uuid4())
-    create = CreateObjectCommand(data=volume_to(data, 32 * MIB, VolumeType.DATADISK))
+    create = CreateObjectCommand(data=shared_volume(data, VolumeType.DATADISK, 32 * MIB, number=7))
     made = await cloud.ask("b", create)
     assert isinstance(made, CreateObjectAnswer)
     verdict = verdict_for(create, made)
@@ -143,7 +103,7 @@ async def test_the_ms_clones_creates_and_deletes_volumes_on_the_shared_pool(
 
     # 3. Delete both (from A); a second delete of one is no failure (as the Java agent).
     for vol in (root, data):
-        delete = DeleteCommand(data=volume_to(vol, MIB, VolumeType.ROOT, path=vol))
+        delete = DeleteCommand(data=shared_volume(vol, VolumeType.ROOT, MIB, path=vol, number=7))
         gone = await cloud.ask("a", delete)
         assert verdict_for(delete, gone).ok
         assert b.run(["test", "-e", f"{SHARED_POOL_PATH}/{vol}"]).returncode == 1
