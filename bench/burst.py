@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import trio
 
 from agent import logs
 from agent.link.transport import ConnectionLost, MessageStream
-from bench.report import RESULTS, print_figures, save_section
+from bench.report import RESULTS, report
 from lab.ca import LabCA
 from protocol import Request, Response, Session
 from protocol.messages.host import (
@@ -184,12 +183,8 @@ def main() -> None:
     parser.add_argument("--save", action="store_true", help="merge into bench/results")
     args = parser.parse_args()
     results = trio.run(run, args.count)
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        print_figures(results)
+    report("burst", results, as_json=args.json, save=args.save)
     if args.save:
-        save_section("burst", results)
         print(f"merged into {RESULTS}")
 
 

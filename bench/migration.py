@@ -18,25 +18,21 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Final
 
 import trio
 
 from agent import logs
+from bench.labcloud import lab_cloud
 from bench.report import print_figures
-from lab.ca import LAB_CA_DIRNAME, LabCA
 from lab.cloud import ROOT, LabCloud
-from lab.hosts import DEFAULT_WORKDIR, Lab
+from lab.hosts import Lab
 
 VM = "guest1"
-WORKDIR = DEFAULT_WORKDIR
 KINDS: Final = ("agent_tls", "direct_tls", "direct_tcp")
 ROUNDS: Final = 3
 
@@ -110,12 +106,8 @@ def summarize(migrations: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def run(rounds: int = ROUNDS) -> dict[str, Any]:
-    ca = LabCA.load_or_create(WORKDIR / LAB_CA_DIRNAME)
-    lab = await trio.to_thread.run_sync(lambda: Lab.create(WORKDIR, ca=ca))
-    base = Path(tempfile.mkdtemp(prefix="kvm-agent-bench-"))
-    cloud = LabCloud(lab, base, ca)
     migrations: list[dict[str, Any]] = []
-    try:
+    async with lab_cloud("migration") as (lab, cloud):
         cloud.start_ms("ms1", "a")
         for name in ("a", "b"):
             cloud.start_agent(name)
@@ -140,10 +132,6 @@ async def run(rounds: int = ROUNDS) -> dict[str, Any]:
                 migrations.append(record(kind, where, dest, took, stats))
                 where = dest
                 await trio.to_thread.run_sync(lab.hosts[where].wait_guest_filled, VM, 60)
-    finally:
-        cloud.close()
-        await trio.to_thread.run_sync(lab.teardown)
-        shutil.rmtree(base, ignore_errors=True)
     return summarize(migrations)
 
 

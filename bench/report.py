@@ -22,3 +22,13 @@ def save_section(name: str, figures: Any) -> None:
     saved[name] = figures
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(saved, indent=2) + "\n")
+
+
+def report(name: str, figures: dict[str, Any], *, as_json: bool, save: bool) -> None:
+    """A module run alone: its figures as JSON or a table; with ``save``, its section too."""
+    if save:
+        save_section(name, figures)
+    if as_json:
+        print(json.dumps(figures, indent=2))
+    else:
+        print_figures(figures)

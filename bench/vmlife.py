@@ -14,28 +14,22 @@ Medians over ``--runs`` runs (a fresh volume each). Indicative on a shared two-c
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import statistics
-import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any, Final
 
 import trio
 
 from agent import logs
-from bench.report import RESULTS, print_figures, save_section
-from lab.ca import LAB_CA_DIRNAME, LabCA
+from bench.labcloud import lab_cloud
+from bench.report import RESULTS, report
 from lab.cloud import LabCloud
-from lab.hosts import DEFAULT_WORKDIR, Lab
 from lab.storage import SHARED_POOL_PATH, SHARED_POOL_UUID
 from protocol.codec import from_json, to_json
 from protocol.messages.to import VirtualMachineTO
 from protocol.messages.vm import StartCommand, StopCommand
 
-WORKDIR = DEFAULT_WORKDIR
 RUNS: Final = 5
 VM = "i-2-88-VM"
 
@@ -88,36 +82,30 @@ async def _timed(cloud: LabCloud, command: StartCommand | StopCommand) -> float:
 
 
 async def run(runs: int = RUNS) -> dict[str, Any]:
-    ca = LabCA.load_or_create(WORKDIR / LAB_CA_DIRNAME)
-    lab = await trio.to_thread.run_sync(lambda: Lab.create(WORKDIR, ca=ca))
-    base = Path(tempfile.mkdtemp(prefix="kvm-agent-bench-vmlife-"))
-    cloud = LabCloud(lab, base, ca)
-    a = lab.hosts["a"]
     starts: list[float] = []
     stops: list[float] = []
-    try:
-        cloud.start_ms("ms1", "a")
-        cloud.start_agent("a")
-        await cloud.wait_host("a", timeout=60)
-        template = await trio.to_thread.run_sync(lab.place_template)
-        for _ in range(runs):
-            volume = str(uuid.uuid4())
-            path = f"{SHARED_POOL_PATH}/{volume}"
-            await trio.to_thread.run_sync(a.create_overlay, path, template)
-            start = StartCommand(vm=lab_vm_to(VM, volume), host_ip=a.ip)
-            starts.append(await _timed(cloud, start))
-            if a.domain_state(VM) != "running":
-                raise RuntimeError(f"{VM} is {a.domain_state(VM)} after its StartAnswer")
-            await trio.sleep(0.5)
-            stops.append(await _timed(cloud, StopCommand(vm_name=VM, force_stop=True)))
-            if a.domain_state(VM) is not None:
-                raise RuntimeError(f"{VM} is still defined after its StopAnswer")
-            a.run(["rm", "-f", path], check=False)
-    finally:
-        cloud.close()
-        a.remove_domain(VM)
-        await trio.to_thread.run_sync(lab.teardown)
-        shutil.rmtree(base, ignore_errors=True)
+    async with lab_cloud("vmlife") as (lab, cloud):
+        a = lab.hosts["a"]
+        try:
+            cloud.start_ms("ms1", "a")
+            cloud.start_agent("a")
+            await cloud.wait_host("a", timeout=60)
+            template = await trio.to_thread.run_sync(lab.place_template)
+            for _ in range(runs):
+                volume = str(uuid.uuid4())
+                path = f"{SHARED_POOL_PATH}/{volume}"
+                await trio.to_thread.run_sync(a.create_overlay, path, template)
+                start = StartCommand(vm=lab_vm_to(VM, volume), host_ip=a.ip)
+                starts.append(await _timed(cloud, start))
+                if a.domain_state(VM) != "running":
+                    raise RuntimeError(f"{VM} is {a.domain_state(VM)} after its StartAnswer")
+                await trio.sleep(0.5)
+                stops.append(await _timed(cloud, StopCommand(vm_name=VM, force_stop=True)))
+                if a.domain_state(VM) is not None:
+                    raise RuntimeError(f"{VM} is still defined after its StopAnswer")
+                a.run(["rm", "-f", path], check=False)
+        finally:
+            a.remove_domain(VM)
     return {
         "runs": runs,
         "start_to_running_median_ms": _ms(statistics.median(starts)),
@@ -137,12 +125,7 @@ def main() -> None:
     args = parser.parse_args()
     logs.configure("warning")
     result = trio.run(lambda: run(args.runs))
-    if args.save:
-        save_section("vmlife", result)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print_figures(result)
+    report("vmlife", result, as_json=args.json, save=args.save)
 
 
 if __name__ == "__main__":

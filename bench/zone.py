@@ -17,26 +17,20 @@ Figures are indicative on a shared two-core machine.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Final
 
 import trio
 
 from agent import logs
-from bench.report import RESULTS, print_figures, save_section
-from lab.ca import LAB_CA_DIRNAME, LabCA
+from bench.labcloud import lab_cloud
+from bench.report import RESULTS, report
 from lab.cloud import LabCloud
-from lab.hosts import DEFAULT_WORKDIR, Lab
 
 VM = "guest1"
-WORKDIR = DEFAULT_WORKDIR
 RECONNECTS: Final = 4
 MIGRATIONS: Final = 6
 STATS_INTERVAL: Final = 0.2  # seconds between statistics cycles (60 s in a real MS)
@@ -95,12 +89,8 @@ def _figures(prefix: str, values: Sequence[float]) -> dict[str, Any]:
 
 
 async def run(reconnects: int = RECONNECTS, migrations: int = MIGRATIONS) -> dict[str, Any]:
-    ca = LabCA.load_or_create(WORKDIR / LAB_CA_DIRNAME)
-    lab = await trio.to_thread.run_sync(lambda: Lab.create(WORKDIR, ca=ca))
-    base = Path(tempfile.mkdtemp(prefix="kvm-agent-bench-zone-"))
-    cloud = LabCloud(lab, base, ca)
     out: dict[str, Any] = {}
-    try:
+    async with lab_cloud("zone") as (lab, cloud):
         cloud.start_ms("ms1", "a", stats_interval=STATS_INTERVAL)
         for name in ("a", "b"):
             cloud.start_agent(name)
@@ -154,10 +144,6 @@ async def run(reconnects: int = RECONNECTS, migrations: int = MIGRATIONS) -> dic
         out["stats_idle_p99_ms_by_command"] = _by_command(idle)
         summary = await cloud.stats()
         out["stats_failed"] = summary["failed_count"]
-    finally:
-        cloud.close()
-        await trio.to_thread.run_sync(lab.teardown)
-        shutil.rmtree(base, ignore_errors=True)
     return out
 
 
@@ -172,12 +158,7 @@ def main() -> None:
     args = parser.parse_args()
     logs.configure("warning")
     result = trio.run(lambda: run(args.reconnects, args.migrations))
-    if args.save:
-        save_section("zone", result)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print_figures(result)
+    report("zone", result, as_json=args.json, save=args.save)
 
 
 if __name__ == "__main__":
