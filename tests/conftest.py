@@ -3,12 +3,16 @@ from __future__ import annotations
 import os
 import ssl
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import trio
 from hypothesis import HealthCheck, settings
 
 from agent.certs.trust import client_context as agent_client_context
+from agent.hypervisor.connection import Hypervisor
+from agent.hypervisor.pools import Pools
 from lab.ca import LabCA
 from tests.cert_env import cloudstack_ca
 from tests.conftest_lab import lab  # noqa: F401  (the session's two-host lab)
@@ -50,3 +54,13 @@ def client_context(
             ca.write_agent_set(cert_dir, "agent.test", sans=("127.0.0.1",))
         (cert_dir / "cloud.ca.crt").write_bytes((trust or ca).cert_pem)
         return agent_client_context(cert_dir).context
+
+
+@pytest.fixture
+async def pools() -> AsyncIterator[Pools]:
+    """Pools on libvirt's test driver (no daemon)."""
+    hv = Hypervisor("test:///default")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hv.run)
+        yield Pools(hv)
+        nursery.cancel_scope.cancel()

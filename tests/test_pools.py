@@ -7,16 +7,13 @@ from __future__ import annotations
 import re
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import libvirt
 import pytest
-import trio
 
 from agent.config import AgentConfig, ConfigError
-from agent.hypervisor.connection import Hypervisor
 from agent.hypervisor.pooldefs import (
     FS_NS,
     PoolError,
@@ -115,15 +112,6 @@ def test_disks_are_found_by_path_or_pool_and_cdroms_are_not_disks() -> None:
 
 
 # --- the life cycle on libvirt's test driver -------------------------------------------
-
-
-@pytest.fixture
-async def pools() -> AsyncIterator[Pools]:
-    hv = Hypervisor("test:///default")
-    async with trio.open_nursery() as nursery:
-        await nursery.start(hv.run)
-        yield Pools(hv)
-        nursery.cancel_scope.cancel()
 
 
 async def libvirt_pool(pools: Pools, name: str) -> dict[str, Any] | None:

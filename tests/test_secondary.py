@@ -147,15 +147,6 @@ class LocalMount:
         self.calls.append(f"unmount {location.uuid}")
 
 
-@pytest.fixture
-async def pools() -> AsyncIterator[Pools]:
-    hv = Hypervisor("test:///default")
-    async with trio.open_nursery() as nursery:
-        await nursery.start(hv.run)
-        yield Pools(hv)
-        nursery.cancel_scope.cancel()
-
-
 def copy_json(template_path: str, dest: dict[str, Any]) -> dict[str, Any]:
     return {
         "org.apache.cloudstack.storage.command.CopyCommand": {

@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ from attrs import frozen
 
 from agent.config import AgentConfig
 from agent.handlers import volumes as handlers
-from agent.hypervisor.connection import Hypervisor
 from agent.hypervisor.pooldefs import PoolKind, dir_pool
 from agent.hypervisor.pools import Pools
 from agent.hypervisor.qemuimg import QemuImg
@@ -57,15 +55,6 @@ class Pool:
     uuid: str
     dir: Path
     volumes: Volumes
-
-
-@pytest.fixture
-async def pools() -> AsyncIterator[Pools]:
-    hv = Hypervisor("test:///default")
-    async with trio.open_nursery() as nursery:
-        await nursery.start(hv.run)
-        yield Pools(hv)
-        nursery.cancel_scope.cancel()
 
 
 @pytest.fixture
